@@ -1,0 +1,39 @@
+"""Shared fixtures: one tiny CPU Trainer factory, every run inside ``tmp_path``."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import lightning as L
+import pytest
+import torch
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture
+def make_trainer(tmp_path: Path) -> Callable[..., L.Trainer]:
+    """Build a quiet CPU Trainer rooted in ``tmp_path``; keyword arguments override the defaults."""
+
+    def factory(**overrides: Any) -> L.Trainer:
+        kwargs = dict(accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+                      deterministic=True)
+        kwargs.update(overrides)
+        return L.Trainer(**kwargs)
+
+    return factory
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """``../shared/data`` beside the checkout; tests that need it are skipped where it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is not present")
+    return SHARED_DATA

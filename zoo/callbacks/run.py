@@ -1,0 +1,61 @@
+"""Run-level callbacks the CLI adds to every fit: checkpoint metadata, per-epoch reseeding and a
+checkpoint when the run is interrupted (Ctrl-C or SIGTERM).
+
+Example:
+    >>> trainer = L.Trainer(callbacks=[ZooMetadata("cnn", "digits"), EpochSeeder()])  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
+
+__all__ = ["ZooMetadata", "EpochSeeder", "InterruptCheckpoint"]
+
+
+class ZooMetadata(Callback):
+    """Stores the registered model and DataModule names in every checkpoint (``checkpoint["zoo"]``),
+    so ``predict`` / ``export`` / resume know what they are loading."""
+
+    def __init__(self, model: str, data: str) -> None:
+        self.model, self.data = model, data
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        checkpoint["zoo"] = {"model": self.model, "data": self.data}
+
+
+class EpochSeeder(Callback):
+    """Reseeds Python, NumPy and torch from ``(global seed, epoch)`` at the start of every training
+    epoch, so a run resumed from an epoch-end checkpoint draws the same random numbers (dropout,
+    augmentation, noise) as an uninterrupted one."""
+
+    def __init__(self, seed: int | None = None) -> None:
+        self.seed = seed
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        base = self.seed if self.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
+        seed = (base * 1_000_003 + trainer.current_epoch * 7919 + trainer.global_rank) % (2**31)
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+
+
+class InterruptCheckpoint(Callback):
+    """Saves ``<dirpath>/interrupted.ckpt`` when training is stopped by Ctrl-C / SIGTERM (at most the
+    current step is lost); other exceptions are left alone so a failed setup leaves no checkpoint.
+
+    (Lightning's ``OnExceptionCheckpoint`` would also turn every later ``fit()`` into a resume.)
+    """
+
+    def __init__(self, dirpath: str | Path, filename: str = "interrupted") -> None:
+        self.path = Path(dirpath) / f"{filename}.ckpt"
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, KeyboardInterrupt) and trainer.global_step > 0:
+            trainer.save_checkpoint(self.path)

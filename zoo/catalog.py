@@ -1,0 +1,52 @@
+"""Read the model registrations from source without importing torch, for a fast ``--list``.
+
+The registry itself is filled by the ``@register_model`` decorators when ``zoo.models`` is
+imported (which imports torch and Lightning, several seconds). Listing only needs the
+decorators' literal arguments, so this module reads them with :mod:`ast`.
+
+Example:
+    >>> "cnn" in [e["name"] for e in scan_models()]
+    True
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+from typing import Any
+
+MODELS_DIR = Path(__file__).parent / "models"
+
+
+def _decorator_args(node: ast.ClassDef) -> dict[str, Any] | None:
+    for deco in node.decorator_list:
+        if isinstance(deco, ast.Call) and getattr(deco.func, "id", getattr(deco.func, "attr", "")) == "register_model":
+            entry = {"name": ast.literal_eval(deco.args[0]), "aliases": (), "defaults": {}, "class": node.name,
+                     "summary": (ast.get_docstring(node) or node.name).strip().splitlines()[0]}
+            for kw in deco.keywords:
+                value = ast.literal_eval(kw.value)
+                if kw.arg in ("datamodule", "aliases"):
+                    entry[kw.arg] = tuple(value) if kw.arg == "aliases" else value
+                else:
+                    entry["defaults"][kw.arg] = value
+            return entry
+    return None
+
+
+def scan_models(models_dir: Path = MODELS_DIR) -> list[dict[str, Any]]:
+    """Registrations found in ``zoo/models/*.py``, sorted by name (name, aliases, datamodule, summary)."""
+    entries = []
+    for path in sorted(models_dir.glob("*.py")):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef) and (entry := _decorator_args(node)) is not None:
+                entry["module"] = f"zoo.models.{path.stem}"
+                entries.append(entry)
+    return sorted(entries, key=lambda e: e["name"])
+
+
+def format_listing(entries: list[dict[str, Any]]) -> str:
+    """A table of models with aliases, default data and a one-line summary."""
+    rows = [("model", "aliases", "default data", "summary")]
+    rows += [(e["name"], ",".join(e["aliases"]) or "-", e.get("datamodule", "-"), e["summary"]) for e in entries]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    return "\n".join(f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}" for r in rows)

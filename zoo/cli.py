@@ -1,0 +1,170 @@
+"""``train.py`` / ``zoo-train``: the zoo's command line, built on LightningCLI.
+
+Zoo-level shortcuts (``--model NAME``, ``--gpus``, ``--data-dir`` ...) are translated into
+LightningCLI arguments; every constructor argument stays reachable as ``--model.<arg>``,
+``--data.<arg>`` and ``--trainer.<arg>``, and YAML configs work with ``-c``.
+
+Example:
+    python train.py --model cnn                      # fit on the offline default, then test
+    python train.py --model cnn --data mnist --data-dir ../shared/data --max-epochs 3
+    python train.py predict --ckpt-path runs/cnn/<run>/checkpoints/best.ckpt --input digit.png
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+from zoo.catalog import format_listing, scan_models
+from zoo.errors import ZooUserError
+
+COMMANDS = ("fit", "predict", "export")
+USAGE = """usage: train.py [fit|predict|export] --model NAME [--data NAME] [--gpus N] [--num-nodes N]
+                [--precision P] [--max-epochs N] [--seed S] [--logger csv|tensorboard|wandb]
+                [--data-dir DIR] [--output-dir DIR] [--runs-dir DIR] [--ckpt-path PATH|last]
+                [--fast-dev-run] [--patience N] [--no-early-stopping] [-c cfg.yaml]
+                [--wandb-project P] [--wandb-name N] [--wandb-tags T ...]
+                [--model.<hparam> V] [--data.<hparam> V] [--trainer.<arg> V]
+       train.py --list
+       train.py --model NAME --help        (every hyperparameter with its default)
+       train.py predict --ckpt-path PATH --input PATH
+       train.py export --ckpt-path PATH --format onnx|torchscript
+
+Fit trains with early stopping and checkpoints (best and last) on the model's monitored metric,
+then tests the best checkpoint. Each run writes a new folder runs/<model>/<timestamp> with
+config.yaml, checkpoints/, logs, artifacts/ and metrics.json.
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise ZooUserError(f"{message} (see `python train.py --help`)")
+
+
+def zoo_parser() -> argparse.ArgumentParser:
+    p = _Parser(add_help=False, allow_abbrev=False, usage=USAGE)
+    p.add_argument("--model")
+    p.add_argument("--data")
+    p.add_argument("--gpus", type=int)
+    p.add_argument("--num-nodes", type=int)
+    p.add_argument("--precision")
+    p.add_argument("--max-epochs", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--logger", choices=("csv", "tensorboard", "wandb"), default="csv")
+    p.add_argument("--data-dir")
+    p.add_argument("--output-dir")
+    p.add_argument("--runs-dir", default="runs")
+    p.add_argument("--ckpt-path")
+    p.add_argument("--fast-dev-run", action="store_true")
+    p.add_argument("--patience", type=int, default=5)
+    p.add_argument("--no-early-stopping", action="store_true")
+    p.add_argument("-c", "--config", action="append", default=[])
+    p.add_argument("--wandb-project")
+    p.add_argument("--wandb-name")
+    p.add_argument("--wandb-tags", nargs="*")
+    p.add_argument("--input")
+    p.add_argument("--format", choices=("onnx", "torchscript"))
+    p.add_argument("--list", action="store_true")
+    p.add_argument("-h", "--help", action="store_true")
+    return p
+
+
+def _model_from_configs(configs: list[str]) -> tuple[str | None, str | None]:
+    """``zoo.model`` / ``zoo.data`` from the YAML configs (written into every run's config.yaml)."""
+    import yaml
+
+    model = data = None
+    for cfg in configs:
+        path = Path(cfg)
+        if not path.is_file():
+            raise ZooUserError(f"config file '{cfg}' does not exist")
+        zoo_section = (yaml.safe_load(path.read_text()) or {}).get("zoo") or {}
+        model, data = zoo_section.get("model", model), zoo_section.get("data", data)
+    return model, data
+
+
+def _precision(value: str | None) -> str | None:
+    if value is None:
+        return None
+    from typing import get_args
+
+    from lightning.fabric.connector import _PRECISION_INPUT_STR, _PRECISION_INPUT_STR_ALIAS
+
+    known = [*get_args(_PRECISION_INPUT_STR), *get_args(_PRECISION_INPUT_STR_ALIAS)]
+    if value not in known:
+        raise ZooUserError(f"unknown precision '{value}'; choose one of {', '.join(known)}")
+    return value
+
+
+def translate(args: argparse.Namespace, extras: list[str]) -> list[str]:
+    """LightningCLI arguments for the zoo shortcuts; explicit ``--trainer.*`` etc. come last and win."""
+    out = [f"--config={c}" for c in args.config]
+    pairs = (("--trainer.max_epochs", args.max_epochs), ("--seed_everything", args.seed),
+             ("--data.data_dir", args.data_dir), ("--trainer.precision", _precision(args.precision)),
+             ("--trainer.num_nodes", args.num_nodes))
+    out += [f"{key}={value}" for key, value in pairs if value is not None]
+    if args.fast_dev_run:
+        out.append("--trainer.fast_dev_run=true")
+    return out + extras
+
+
+def device_settings(gpus: int | None, num_nodes: int | None, multi_device_ok: bool, model: str) -> dict[str, Any]:
+    """Trainer accelerator/devices/strategy for ``--gpus N`` (None: auto, one device)."""
+    if gpus is None:
+        return {"accelerator": "auto", "devices": 1}
+    if gpus < 0:
+        raise ZooUserError(f"--gpus must be >= 0, got {gpus}")
+    if gpus == 0:
+        return {"accelerator": "cpu", "devices": 1}
+    import torch
+
+    available = torch.cuda.device_count()
+    if gpus > available:
+        raise ZooUserError(f"--gpus {gpus} asked for {gpus} GPU(s) but {available} is/are available on this "
+                           "machine; use --gpus 0 for CPU or leave --gpus out")
+    if (gpus > 1 or (num_nodes or 1) > 1) and not multi_device_ok:
+        raise ZooUserError(f"model '{model}' trains on a single device only; use --gpus 1")
+    return {"accelerator": "gpu", "devices": gpus, "strategy": "ddp" if gpus > 1 or (num_nodes or 1) > 1 else "auto"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: returns the exit code (2 for a user mistake, printed as one line)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _main(argv)
+    except ZooUserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:  # registry and jsonargparse argument errors are ValueError subclasses
+        if type(exc).__name__ in ("UnknownNameError", "ArgumentError"):
+            print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+            return 2
+        raise
+
+
+def _main(argv: list[str]) -> int:
+    command = argv.pop(0) if argv and argv[0] in COMMANDS else "fit"
+    args, extras = zoo_parser().parse_known_args(argv)
+    if args.list:
+        print(format_listing(scan_models()))
+        return 0
+    if command in ("predict", "export"):
+        from zoo.inference import run_export, run_predict
+
+        return run_predict(args) if command == "predict" else run_export(args)
+    model_name, data_name = _model_from_configs(args.config)
+    model_name, data_name = args.model or model_name, args.data or data_name
+    if model_name is None:
+        if args.help:
+            print(USAGE + "\nmodels:\n" + format_listing(scan_models()))
+            return 0
+        raise ZooUserError("no model given; pass --model NAME (see `python train.py --list`)")
+    unknown = [e for e in extras if e.startswith("-") and not e.startswith(("--model.", "--data.", "--trainer."))
+               and e.split("=")[0] not in ("--seed_everything", "--print_config")]
+    if unknown:
+        raise ZooUserError(f"unknown option {unknown[0]} (see `python train.py --help`)")
+    from zoo.training import fit_and_test
+
+    cli_args = translate(args, extras) + (["--help"] if args.help else [])
+    return fit_and_test(model_name, data_name, args, cli_args)

@@ -1,0 +1,115 @@
+"""Shared DataModule pieces: an in-memory batch loader and the base class.
+
+``TensorBatchLoader`` slices whole batches out of tensors held in memory (one indexing op per
+batch instead of per-sample ``__getitem__`` + collate), shards itself per DDP rank and reshuffles
+deterministically from ``seed + epoch`` so a resumed run sees the same order as an unbroken one.
+
+Example:
+    >>> import torch
+    >>> loader = TensorBatchLoader((torch.randn(10, 3), torch.arange(10)), batch_size=4, shuffle=True)
+    >>> [len(y) for _, y in loader]
+    [4, 4, 2]
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Iterable, Sequence
+
+import lightning as L
+import torch
+
+from zoo.errors import ZooUserError
+
+BatchTransform = Callable[[tuple[torch.Tensor, ...], torch.Generator], tuple[torch.Tensor, ...]]
+
+
+class TensorBatchLoader:
+    """Iterates over aligned tensors in batches; a DataLoader replacement for in-memory data."""
+
+    def __init__(
+        self,
+        tensors: Sequence[torch.Tensor],
+        batch_size: int,
+        shuffle: bool = False,
+        drop_last: bool = False,
+        seed: int = 0,
+        epoch_fn: Callable[[], int] = lambda: 0,
+        rank: int = 0,
+        world_size: int = 1,
+        transform: BatchTransform | None = None,
+    ) -> None:
+        n = len(tensors[0])
+        if any(len(t) != n for t in tensors):
+            raise ValueError("all tensors must have the same first dimension")
+        if batch_size <= 0:
+            raise ZooUserError(f"batch_size must be positive, got {batch_size}")
+        self.tensors, self.batch_size, self.shuffle, self.drop_last = tuple(tensors), batch_size, shuffle, drop_last
+        self.seed, self.epoch_fn, self.rank, self.world_size, self.transform = seed, epoch_fn, rank, world_size, transform
+
+    def _indices(self) -> torch.Tensor:
+        n = len(self.tensors[0])
+        gen = torch.Generator().manual_seed(self.seed + 1000003 * self.epoch_fn())
+        idx = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
+        if self.world_size > 1:  # equal shards per rank, padding by wrap-around like DistributedSampler
+            per_rank = math.ceil(n / self.world_size)
+            idx = torch.cat([idx, idx[: per_rank * self.world_size - n]])[self.rank :: self.world_size]
+        return idx
+
+    def __len__(self) -> int:
+        n = math.ceil(len(self.tensors[0]) / self.world_size)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def __iter__(self):
+        idx = self._indices()
+        gen = torch.Generator().manual_seed(self.seed + 7919 * self.epoch_fn() + 1)
+        for b in range(len(self)):
+            sel = idx[b * self.batch_size : (b + 1) * self.batch_size]
+            batch = tuple(t[sel] for t in self.tensors)
+            yield self.transform(batch, gen) if self.transform else batch
+
+
+class ZooDataModule(L.LightningDataModule):
+    """Base DataModule: ``data_dir``, ``batch_size``, ``seed`` and the shapes it passes to the model.
+
+    ``link_fields`` names the properties the CLI copies into model arguments of the same name
+    (LightningCLI ``link_arguments`` on instantiation), e.g. ``num_classes`` or ``in_channels``.
+    """
+
+    link_fields: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, data_dir: str | None = None, batch_size: int = 64, num_workers: int = 0, seed: int = 42) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        # Lightning would merge these into the model's hparams and fail on a shared name with another
+        # value (``image_size`` of the data vs the model's); the CLI logs them under ``data/`` instead.
+        self._log_hyperparams = False
+        self.data_dir = Path(data_dir).expanduser() if data_dir else None
+        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
+
+    def require_data_dir(self, what: str, how: str) -> Path:
+        """``data_dir`` as an existing folder, or a user error saying what is needed and how to get it."""
+        if self.data_dir is None:
+            raise ZooUserError(f"{what} needs --data-dir; {how}")
+        if not self.data_dir.is_dir():
+            raise ZooUserError(f"data dir '{self.data_dir}' does not exist; {how}")
+        return self.data_dir
+
+    def predict_input(self, path: str) -> Iterable[Any]:
+        """Batches for ``train.py predict --input PATH`` (a user's file or folder, in this data's format)."""
+        raise ZooUserError(f"{type(self).__name__} cannot read prediction input from '{path}'")
+
+    def _epoch(self) -> int:
+        trainer = getattr(self, "trainer", None)
+        return trainer.current_epoch if trainer is not None else 0
+
+    def make_loader(self, tensors: Sequence[torch.Tensor], train: bool, transform: BatchTransform | None = None,
+                    batch_size: int | None = None) -> TensorBatchLoader:
+        """A ``TensorBatchLoader`` sharded for the attached trainer's rank; shuffled only when ``train``.
+
+        ``transform`` runs on every batch (pass a different one for training and evaluation).
+        """
+        trainer = getattr(self, "trainer", None)
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        return TensorBatchLoader(tensors, batch_size or self.batch_size, shuffle=train, seed=self.seed,
+                                 epoch_fn=self._epoch, rank=rank, world_size=world, transform=transform)

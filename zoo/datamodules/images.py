@@ -1,0 +1,276 @@
+"""Image classification data held in memory: scikit-learn digits (offline default), MNIST,
+Fashion-MNIST and CIFAR-10.
+
+Images stay as uint8 tensors; each batch is converted, optionally resized / made 3-channel,
+augmented (training only) and normalised in one vectorised step.
+
+Example:
+    >>> dm = DigitsDataModule(batch_size=64)
+    >>> dm.setup("fit")
+    >>> x, y = next(iter(dm.train_dataloader()))
+    >>> tuple(x.shape)
+    (64, 1, 8, 8)
+"""
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+from typing import ClassVar, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from zoo.datamodules.base import ZooDataModule
+from zoo.errors import ZooUserError
+from zoo.registry import register_datamodule
+
+__all__ = ["DigitsDataModule", "MNISTDataModule", "FashionMNISTDataModule", "CIFAR10DataModule", "ImageDataModule"]
+
+Augment = Literal["none", "shift", "flip_shift"]
+
+
+def read_idx(path: Path) -> torch.Tensor:
+    """Read an IDX file (optionally gzip-compressed) as a uint8 tensor, without writing anything."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as fh:
+        data = fh.read()
+    magic = int.from_bytes(data[0:4], "big")
+    if magic not in (2049, 2051):
+        raise ZooUserError(f"'{path}' is not an IDX file (magic {magic}); re-download it")
+    ndim = magic & 0xFF
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    return torch.from_numpy(np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims).copy())
+
+
+def random_shift(x: torch.Tensor, max_frac: float, gen: torch.Generator) -> torch.Tensor:
+    """Translate each image by up to ``max_frac`` of its size (zero padding), vectorised."""
+    n = x.shape[0]
+    shift = (torch.rand(n, 2, generator=gen) * 2 - 1) * 2 * max_frac
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1.0
+    theta[:, :, 2] = shift
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+
+
+def random_hflip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    flip = torch.rand(x.shape[0], generator=gen) < 0.5
+    return torch.where(flip[:, None, None, None], x.flip(-1), x)
+
+
+class ImageDataModule(ZooDataModule):
+    """Base for in-memory image sets: subclasses fill ``self.splits`` with (uint8 NCHW images, labels).
+
+    Args:
+        data_dir: folder holding the data set's files (see each subclass).
+        batch_size: samples per batch.
+        val_fraction: share of the training images held out for validation (seeded, stratified).
+        augment: ``none``, ``shift`` (random translation, digits) or ``flip_shift`` (natural images).
+        image_size: resize every batch to this square size (e.g. 224 for ImageNet backbones).
+        channels: 1 or 3; grey images are repeated to 3 channels when 3 is asked for.
+        normalize: subtract the data set's mean and divide by its std (off when the model normalises).
+        limit_train: keep only this many (stratified) training images, e.g. for few-shot transfer.
+    """
+
+    link_fields = ("num_classes", "in_channels", "image_size")
+    mean: ClassVar[tuple[float, ...]] = (0.5,)
+    std: ClassVar[tuple[float, ...]] = (0.5,)
+    native_size: ClassVar[int] = 28
+    native_channels: ClassVar[int] = 1
+    class_names: ClassVar[tuple[str, ...]] = tuple(str(i) for i in range(10))
+
+    def __init__(self, data_dir: str | None = None, batch_size: int = 128, val_fraction: float = 0.1,
+                 augment: Augment = "none", image_size: int | None = None, channels: int | None = None,
+                 normalize: bool = True, limit_train: int | None = None, num_workers: int = 0, seed: int = 42) -> None:
+        super().__init__(data_dir, batch_size, num_workers, seed)
+        if not 0.0 < val_fraction < 1.0:
+            raise ZooUserError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        if channels not in (None, 1, 3):
+            raise ZooUserError(f"channels must be 1 or 3, got {channels}")
+        if image_size is not None and image_size <= 0:
+            raise ZooUserError(f"image_size must be positive, got {image_size}")
+        self.val_fraction, self.augment, self.normalize, self.limit_train = val_fraction, augment, normalize, limit_train
+        self._size, self._channels = image_size, channels
+        self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def in_channels(self) -> int:
+        return self._channels or self.native_channels
+
+    @property
+    def image_size(self) -> int:
+        return self._size or self.native_size
+
+    def load_arrays(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Return {"train": (x, y), "test": (x, y)} with x uint8 of shape (N, C, H, W)."""
+        raise NotImplementedError
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        arrays = self.load_arrays()
+        x, y = arrays["train"]
+        train_idx, val_idx = stratified_split(y, self.val_fraction, self.seed)
+        if self.limit_train is not None:
+            keep, _ = stratified_split(y[train_idx], 1 - self.limit_train / len(train_idx), self.seed)
+            train_idx = train_idx[keep]
+        self.splits = {"train": (x[train_idx], y[train_idx]), "val": (x[val_idx], y[val_idx]), "test": arrays["test"]}
+
+    def _batch(self, train: bool):
+        mean = torch.tensor(self.mean).view(1, -1, 1, 1)
+        std = torch.tensor(self.std).view(1, -1, 1, 1)
+
+        def transform(batch: tuple[torch.Tensor, ...], gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+            x, y = batch
+            x = x.float().div_(255.0)
+            if self.normalize:
+                x = (x - mean) / std
+            if self.image_size != x.shape[-1]:
+                x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+            if train and self.augment != "none":
+                x = random_shift(x, 0.125 if self.augment == "flip_shift" else 0.08, gen)
+                if self.augment == "flip_shift":
+                    x = random_hflip(x, gen)
+            if self.in_channels != x.shape[1]:
+                x = x.expand(-1, self.in_channels, -1, -1)
+            return x.contiguous(), y
+
+        return transform
+
+    def _loader(self, split: str, train: bool):
+        self.setup()
+        return self.make_loader(self.splits[split], train=train, transform=self._batch(train))
+
+    def train_dataloader(self):
+        return self._loader("train", True)
+
+    def val_dataloader(self):
+        return self._loader("val", False)
+
+    def test_dataloader(self):
+        return self._loader("test", False)
+
+    def predict_dataloader(self):
+        return self._loader("test", False)
+
+
+def stratified_split(y: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded stratified split of indices into (1 - fraction, fraction) parts."""
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(y))
+    a, b = train_test_split(idx, test_size=fraction, random_state=seed, stratify=y.numpy())
+    return torch.from_numpy(np.sort(a)), torch.from_numpy(np.sort(b))
+
+
+@register_datamodule("digits")
+class DigitsDataModule(ImageDataModule):
+    """scikit-learn's bundled 8x8 handwritten digits (1,797 images): real data that needs no network.
+
+    A seeded, stratified 20% is the test split; ``val_fraction`` of the rest is validation.
+    """
+
+    native_size = 8
+    mean, std = (0.3048,), (0.3806,)
+
+    def __init__(self, data_dir: str | None = None, batch_size: int = 64, test_fraction: float = 0.2, **kwargs) -> None:
+        super().__init__(data_dir, batch_size, **kwargs)
+        self.test_fraction = test_fraction
+
+    def load_arrays(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        x = torch.from_numpy((digits.images * (255.0 / 16.0)).round().astype(np.uint8)).unsqueeze(1)
+        y = torch.from_numpy(digits.target).long()
+        rest, test = stratified_split(y, self.test_fraction, self.seed)
+        return {"train": (x[rest], y[rest]), "test": (x[test], y[test])}
+
+
+class _IdxDataModule(ImageDataModule):
+    """MNIST-format data read from ``<data_dir>/<folder>/raw/*.gz`` (read-only), or downloaded."""
+
+    folder: ClassVar[str] = "MNIST"
+    files = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+             "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+
+    def __init__(self, data_dir: str | None = None, batch_size: int = 128, download: bool = False, **kwargs) -> None:
+        super().__init__(data_dir, batch_size, **kwargs)
+        self.download = download
+
+    def _find(self, root: Path, stem: str) -> Path | None:
+        for folder in (root / self.folder / "raw", root / "raw", root):
+            for name in (stem + ".gz", stem):
+                if (folder / name).is_file():
+                    return folder / name
+        return None
+
+    def load_arrays(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        how = (f"put the four IDX files (e.g. {self.files['train'][0]}.gz) in <dir>/{self.folder}/raw, "
+               f"e.g. --data-dir ../shared/data, or add --data.download true when online")
+        if self.download and self.data_dir is not None:
+            self._download()
+        root = self.require_data_dir(self.folder, how)
+        out = {}
+        for split, (img_stem, lbl_stem) in self.files.items():
+            img, lbl = self._find(root, img_stem), self._find(root, lbl_stem)
+            if img is None or lbl is None:
+                raise ZooUserError(f"no {img_stem}[.gz] / {lbl_stem}[.gz] under '{root}'; {how}")
+            out[split] = (read_idx(img).unsqueeze(1), read_idx(lbl).long())
+        return out
+
+    def _download(self) -> None:
+        import torchvision
+
+        getattr(torchvision.datasets, self.folder)(root=str(self.data_dir), train=True, download=True)
+        getattr(torchvision.datasets, self.folder)(root=str(self.data_dir), train=False, download=True)
+
+
+@register_datamodule("mnist")
+class MNISTDataModule(_IdxDataModule):
+    """MNIST (60k/10k 28x28 digits) from local IDX files; torchvision download when online."""
+
+    folder = "MNIST"
+    mean, std = (0.1307,), (0.3081,)
+
+
+@register_datamodule("fashion_mnist", aliases=("fashionmnist",))
+class FashionMNISTDataModule(_IdxDataModule):
+    """Fashion-MNIST (60k/10k 28x28 clothing images) from local IDX files; download when online."""
+
+    folder = "FashionMNIST"
+    mean, std = (0.2860,), (0.3530,)
+    class_names = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                   "Ankle boot")
+
+
+@register_datamodule("cifar10")
+class CIFAR10DataModule(ImageDataModule):
+    """CIFAR-10 (50k/10k 32x32 colour images) via torchvision: ``<data_dir>/cifar-10-batches-py``."""
+
+    native_size, native_channels = 32, 3
+    mean, std = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+    class_names = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+    def __init__(self, data_dir: str | None = None, batch_size: int = 128, download: bool = False,
+                 augment: Augment = "flip_shift", **kwargs) -> None:
+        super().__init__(data_dir, batch_size, augment=augment, **kwargs)
+        self.download = download
+
+    def load_arrays(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        import torchvision
+
+        how = "it needs <dir>/cifar-10-batches-py (the python version of CIFAR-10), or --data.download true when online"
+        root = self.require_data_dir("cifar10", how)
+        if not self.download and not (root / "cifar-10-batches-py").is_dir():
+            raise ZooUserError(f"no cifar-10-batches-py under '{root}'; {how}")
+        out = {}
+        for split, train in (("train", True), ("test", False)):
+            ds = torchvision.datasets.CIFAR10(root=str(root), train=train, download=self.download)
+            out[split] = (torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets))
+        return out

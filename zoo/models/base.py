@@ -1,0 +1,129 @@
+"""Shared pieces of every zoo LightningModule: optimiser/scheduler recipes and classification steps.
+
+Example:
+    >>> class MyNet(ZooModule):
+    ...     monitor, monitor_mode = "val/loss", "min"
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, ClassVar, Iterable, Literal
+
+import lightning as L
+import torch
+import torchmetrics
+from torch import nn
+
+from zoo.errors import ZooUserError
+
+OptimizerName = Literal["sgd", "adam", "adamw"]
+SchedulerName = Literal["none", "onecycle", "cosine"]
+
+
+def build_optimizer(
+    params: Iterable[Any], name: str, lr: float, weight_decay: float = 0.0, momentum: float = 0.9
+) -> torch.optim.Optimizer:
+    """SGD (Nesterov momentum), Adam or AdamW over ``params`` (tensors or param-group dicts)."""
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=momentum > 0, weight_decay=weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    raise ZooUserError(f"unknown optimizer '{name}'; choose sgd, adam or adamw")
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, name: str, total_steps: int) -> dict | None:
+    """A per-step LR scheduler dict for Lightning, or None for a constant LR."""
+    if name == "none":
+        return None
+    if name == "onecycle":
+        max_lr = [g["lr"] for g in optimizer.param_groups]
+        sched = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=max(total_steps, 2))
+    elif name == "cosine":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total_steps, 1))
+    else:
+        raise ZooUserError(f"unknown scheduler '{name}'; choose none, onecycle or cosine")
+    return {"scheduler": sched, "interval": "step"}
+
+
+class ZooModule(L.LightningModule):
+    """Base class: which metric to monitor, whether multi-device works, and the optimiser recipe.
+
+    Subclasses call ``save_hyperparameters()`` with at least ``optimizer``, ``lr``,
+    ``weight_decay`` and ``scheduler``; override :meth:`param_groups` for per-group LRs.
+    """
+
+    #: Metric for early stopping and best-checkpoint selection; None where no validation metric exists.
+    monitor: ClassVar[str | None] = "val/loss"
+    monitor_mode: ClassVar[Literal["min", "max"]] = "min"
+    #: False for models that cannot be split over devices (full-batch GNN, Gatys style transfer).
+    supports_multi_device: ClassVar[bool] = True
+    #: Export formats that make sense for this model (``train.py export``); () for none.
+    export_formats: ClassVar[tuple[str, ...]] = ("onnx", "torchscript")
+
+    def write_predictions(self, predictions: list[Any], out_dir: Path, datamodule: Any) -> Path:
+        """Turn ``trainer.predict`` outputs into a human-readable file in ``out_dir``; return its path."""
+        raise ZooUserError(f"{type(self).__name__} has no predict output format")
+
+    def param_groups(self) -> Iterable[Any]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def configure_optimizers(self) -> Any:
+        hp = self.hparams
+        opt = build_optimizer(self.param_groups(), hp.optimizer, hp.lr, hp.get("weight_decay", 0.0),
+                              hp.get("momentum", 0.9))
+        sched = build_scheduler(opt, hp.get("scheduler", "none"), self._total_steps())
+        return opt if sched is None else {"optimizer": opt, "lr_scheduler": sched}
+
+    def _total_steps(self) -> int:
+        trainer = self.trainer
+        steps = trainer.estimated_stepping_batches
+        if math.isinf(steps):  # max_epochs=-1 and no max_steps: fall back to one epoch's worth
+            steps = trainer.num_training_batches
+        return int(steps)
+
+
+class ClassifierModule(ZooModule):
+    """Cross-entropy classification with accuracy and macro-F1 per stage.
+
+    Subclasses build ``self.net`` (or override ``forward``) and call ``_init_metrics(num_classes)``.
+    """
+
+    monitor = "val/acc"
+    monitor_mode = "max"
+
+    def _init_metrics(self, num_classes: int, label_smoothing: float = 0.0) -> None:
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        task = dict(task="multiclass", num_classes=num_classes)
+        for stage in ("train", "val", "test"):
+            setattr(self, f"{stage}_acc", torchmetrics.Accuracy(**task))
+            setattr(self, f"{stage}_f1", torchmetrics.F1Score(average="macro", **task))
+
+    def _shared_step(self, batch: Any, stage: str) -> dict[str, torch.Tensor]:
+        x, y = batch
+        logits = self(x)
+        loss = self.criterion(logits, y)
+        preds = logits.argmax(dim=-1)
+        acc, f1 = getattr(self, f"{stage}_acc"), getattr(self, f"{stage}_f1")
+        acc(preds, y)
+        f1(preds, y)
+        on_step = stage == "train"
+        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(y))
+        self.log(f"{stage}/acc", acc, on_step=False, on_epoch=True, prog_bar=stage != "train")
+        self.log(f"{stage}/f1", f1, on_step=False, on_epoch=True)
+        return {"loss": loss, "preds": preds, "target": y, "logits": logits}
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "train")["loss"]
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._shared_step(batch, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
+        return self._shared_step(batch, "test")
+
+    def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x = batch[0] if isinstance(batch, (list, tuple)) else batch
+        return self(x).softmax(dim=-1)

@@ -1,0 +1,156 @@
+"""The default run: LightningCLI builds model, data and trainer; fit with early stopping and
+checkpoints, test the best checkpoint, write ``metrics.json``.
+
+Example:
+    >>> fit_and_test("cnn", None, zoo_parser().parse_args([]), ["--trainer.max_epochs=1"])  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import argparse
+import inspect
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch import callbacks as cb
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities.model_helpers import is_overridden
+
+from zoo.callbacks.run import EpochSeeder, InterruptCheckpoint, ZooMetadata
+from zoo.cli import device_settings
+from zoo.errors import ZooUserError
+from zoo.registry import ModelEntry, get_datamodule_class, get_model_entry
+from zoo.runs import build_logger, check_checkpoint, new_run_dir, remember_wandb_id, resolve_resume, write_metrics
+
+__all__ = ["ZooCLI", "fit_and_test"]
+
+
+class ZooCLI(LightningCLI):
+    """LightningCLI for one registered model and DataModule: links data shapes into the model,
+    applies the registered defaults, and creates the run folder once the arguments are valid."""
+
+    def __init__(self, entry: ModelEntry, data_name: str, zoo_args: argparse.Namespace, **kwargs: Any) -> None:
+        self.entry, self.data_name, self.zoo_args = entry, data_name, zoo_args
+        self.run_dir: Path | None = None
+        self.created_run_dir = False
+        self.resume_ckpt: Path | None = None
+        super().__init__(entry.cls, get_datamodule_class(data_name), **kwargs)
+
+    def add_arguments_to_parser(self, parser: Any) -> None:
+        parser.add_argument("--zoo.model", default=self.entry.name, help="registered model name (informational)")
+        parser.add_argument("--zoo.data", default=self.data_name, help="registered DataModule name (informational)")
+        params = inspect.signature(self.entry.cls.__init__).parameters
+        for field in getattr(self.datamodule_class, "link_fields", ()):
+            if field in params:
+                parser.link_arguments(f"data.{field}", f"model.{field}", apply_on="instantiate")
+        parser.set_defaults({f"model.{k}": v for k, v in self.entry.defaults.items()})
+
+    def before_instantiate_classes(self) -> None:
+        args, cfg = self.zoo_args, self.config
+        devices = cfg.trainer.devices
+        multi = cfg.trainer.num_nodes > 1 or (isinstance(devices, int) and devices > 1) or (
+            isinstance(devices, (list, tuple)) and len(devices) > 1)
+        if multi and not self.entry.cls.supports_multi_device:
+            raise ZooUserError(f"model '{self.entry.name}' trains on a single device only; use one device")
+        if args.ckpt_path:
+            self.resume_ckpt, self.run_dir = resolve_resume(args.ckpt_path, args.runs_dir, self.entry.name)
+        else:
+            self.run_dir = new_run_dir(args.runs_dir, self.entry.name, args.output_dir)
+            self.created_run_dir = True
+        cfg.trainer.default_root_dir = str(self.run_dir)
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except BaseException:
+            self.cleanup()
+            raise
+
+    def cleanup(self) -> None:
+        """Remove the run folder this invocation created if no file but its config was written."""
+        run = self.run_dir
+        if self.created_run_dir and run is not None and run.is_dir():
+            if all(p.name == "config.yaml" for p in run.rglob("*") if p.is_file()):
+                shutil.rmtree(run)
+
+    def instantiate_trainer(self, **kwargs: Any) -> Any:
+        args, monitor = self.zoo_args, self.entry.cls.monitor
+        mode = self.entry.cls.monitor_mode
+        ckpt_dir = self.run_dir / "checkpoints"
+        callbacks: list[Any] = [
+            cb.ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode=mode, save_last=True,
+                               save_top_k=1 if monitor else 0, auto_insert_metric_name=False),
+            InterruptCheckpoint(dirpath=ckpt_dir, filename="interrupted"),
+            cb.LearningRateMonitor(logging_interval="epoch"),
+            ZooMetadata(self.entry.name, self.data_name),
+            EpochSeeder(),
+        ]
+        if monitor and args.patience > 0 and not args.no_early_stopping:
+            callbacks.append(cb.EarlyStopping(monitor=monitor, mode=mode, patience=args.patience, check_finite=True))
+        user_logger = self.config.trainer.logger not in (None, True)
+        logger = None if user_logger else build_logger(args.logger, self.run_dir, self.entry.name, args.wandb_project,
+                                                        args.wandb_name, args.wandb_tags)
+        self.trainer_defaults = {**self.trainer_defaults, "callbacks": callbacks}
+        return super().instantiate_trainer(**({} if user_logger else {"logger": logger}), **kwargs)
+
+
+def _trainer_defaults(entry: ModelEntry, args: argparse.Namespace) -> dict[str, Any]:
+    settings = device_settings(args.gpus, args.num_nodes, entry.cls.supports_multi_device, entry.name)
+    return {**settings, "log_every_n_steps": 10, "max_epochs": 20}
+
+
+def _save_config(cli: ZooCLI) -> None:
+    name = "config.yaml" if not (cli.run_dir / "config.yaml").exists() else f"config-resume-{time.strftime('%Y%m%d-%H%M%S')}.yaml"
+    if cli.trainer.is_global_zero:
+        (cli.run_dir / name).write_text(cli.parser.dump(cli.config, skip_none=False, skip_check=True))
+
+
+def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def fit_and_test(model_name: str, data_name: str | None, args: argparse.Namespace, cli_args: list[str]) -> int:
+    """Fit, test the best checkpoint, write metrics.json; return the exit code."""
+    entry = get_model_entry(model_name)
+    data_name = data_name or entry.datamodule
+    get_datamodule_class(data_name)  # unknown data names fail before anything is created
+    sys.argv = sys.argv[:1]  # LightningCLI gets its arguments from `cli_args` only
+    cli = ZooCLI(entry, data_name, args, run=False, args=cli_args, save_config_callback=None,
+                 trainer_defaults=_trainer_defaults(entry, args), parser_kwargs={"exit_on_error": False},
+                 seed_everything_default=42)
+    trainer = cli.trainer
+    try:
+        _save_config(cli)
+        if cli.resume_ckpt is not None:
+            check_checkpoint(cli.resume_ckpt, cli.model, entry.name)
+        for logger in trainer.loggers:
+            logger.log_hyperparams({f"data/{k}": v for k, v in cli.datamodule.hparams.items()}
+                                   | {"zoo/model": entry.name, "zoo/data": data_name})
+        signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+        start = time.perf_counter()
+        trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.resume_ckpt)
+    except ZooUserError:
+        cli.cleanup()
+        raise
+    if trainer.interrupted:
+        print(f"interrupted; checkpoint in {cli.run_dir / 'checkpoints'}; resume with "
+              f"`python train.py --model {entry.name} --ckpt-path {cli.run_dir}`")
+        return 130
+    if trainer.is_global_zero and trainer.logger is not None:
+        remember_wandb_id(trainer.logger, cli.run_dir)
+    metrics = dict(trainer.callback_metrics)
+    epochs, fit_time = trainer.current_epoch, time.perf_counter() - start
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if is_overridden("test_step", cli.model):
+        for result in trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best or None):
+            metrics.update(result)
+    if trainer.is_global_zero:
+        path = write_metrics(cli.run_dir, metrics, {
+            "epochs": epochs, "wall_time_s": round(time.perf_counter() - start, 3), "fit_time_s": round(fit_time, 3),
+            "best_checkpoint": best or None, "model": entry.name, "data": data_name,
+            "seed": cli.config.seed_everything, "global_step": trainer.global_step})
+        print(f"metrics: {path}")
+    return 0
