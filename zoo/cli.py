@@ -12,12 +12,14 @@ Example:
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
 from zoo.catalog import format_listing, scan_models
 from zoo.errors import ZooUserError
+from zoo.registry import UnknownNameError
 
 COMMANDS = ("fit", "predict", "export")
 USAGE = """usage: train.py [fit|predict|export] --model NAME [--data NAME] [--gpus N] [--num-nodes N]
@@ -136,11 +138,10 @@ def main(argv: list[str] | None = None) -> int:
     except ZooUserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except ValueError as exc:  # registry and jsonargparse argument errors are ValueError subclasses
-        if type(exc).__name__ in ("UnknownNameError", "ArgumentError"):
-            print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
-            return 2
-        raise
+    except (UnknownNameError, argparse.ArgumentError) as exc:  # unknown names; jsonargparse type errors
+        message = re.sub(r'Parser key "([^"]+)":', r"--\1:", " ".join(str(exc).split()))
+        print(f"error: {message} (see `python train.py --model NAME --help`)", file=sys.stderr)
+        return 2
 
 
 def _main(argv: list[str]) -> int:

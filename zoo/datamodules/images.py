@@ -158,6 +158,39 @@ class ImageDataModule(ZooDataModule):
     def predict_dataloader(self):
         return self._loader("test", False)
 
+    def predict_input(self, path: str):
+        """Batches from an image file, a folder of images, or a ``.npy`` array of shape (N, H, W[, C]).
+
+        Images are converted to this data set's format (grey or RGB, native size) and normalised
+        like the test split; the file names are kept in ``self.predict_names``.
+        """
+        from PIL import Image, UnidentifiedImageError
+
+        src = Path(path)
+        if src.suffix == ".npy":
+            arr = np.load(src)
+            arr = arr[..., None] if arr.ndim == 3 else arr
+            x = torch.from_numpy(arr.astype(np.uint8)).permute(0, 3, 1, 2)
+            self.predict_names = [f"{src.name}[{i}]" for i in range(len(x))]
+        else:
+            files = sorted(p for p in src.iterdir() if p.is_file()) if src.is_dir() else [src]
+            mode, size = ("L" if self.native_channels == 1 else "RGB"), (self.native_size, self.native_size)
+            images = []
+            for f in files:
+                try:
+                    images.append(np.asarray(Image.open(f).convert(mode).resize(size)))
+                except (UnidentifiedImageError, OSError) as exc:
+                    raise ZooUserError(f"'{f}' is not a readable image; predict expects image files or a .npy "
+                                       "array") from exc
+            if not images:
+                raise ZooUserError(f"no images in '{src}'")
+            arr = np.stack(images)
+            x = torch.from_numpy(arr[..., None] if arr.ndim == 3 else arr).permute(0, 3, 1, 2).contiguous()
+            self.predict_names = [f.name for f in files]
+        if x.shape[1] != self.native_channels:
+            raise ZooUserError(f"predict input has {x.shape[1]} channels, this data set has {self.native_channels}")
+        return self.make_loader((x, torch.zeros(len(x), dtype=torch.long)), train=False, transform=self._batch(False))
+
 
 def stratified_split(y: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Seeded stratified split of indices into (1 - fraction, fraction) parts."""

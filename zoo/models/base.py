@@ -127,3 +127,15 @@ class ClassifierModule(ZooModule):
     def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x = batch[0] if isinstance(batch, (list, tuple)) else batch
         return self(x).softmax(dim=-1)
+
+    def write_predictions(self, predictions: list[Any], out_dir: Path, datamodule: Any) -> Path:
+        """``predictions.csv`` (input, label, probability), also printed one line per input."""
+        probs = torch.cat(predictions)
+        names = getattr(datamodule, "class_names", None) or [str(i) for i in range(probs.shape[1])]
+        inputs = getattr(datamodule, "predict_names", None) or [str(i) for i in range(len(probs))]
+        conf, idx = probs.max(dim=1)
+        lines = [f"{inp},{names[i]},{p:.4f}" for inp, i, p in zip(inputs, idx.tolist(), conf.tolist())]
+        print("\n".join(lines))
+        path = out_dir / "predictions.csv"
+        path.write_text("input,label,probability\n" + "\n".join(lines) + "\n")
+        return path

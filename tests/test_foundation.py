@@ -1,0 +1,145 @@
+"""Registry, image DataModules, in-memory loader and the CNN classifier."""
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import zoo
+from zoo.catalog import scan_models
+from zoo.datamodules.base import TensorBatchLoader
+from zoo.datamodules.images import DigitsDataModule, MNISTDataModule, read_idx
+from zoo.errors import ZooUserError
+from zoo.models.cnn import CNNClassifier
+from zoo.registry import UnknownNameError, get_model_entry
+
+
+def test_registry_creates_models_and_datamodules() -> None:
+    assert "cnn" in zoo.list_models() and zoo.list_models("cn*") == ["cnn"]
+    assert {"digits", "mnist", "fashion_mnist", "cifar10"} <= set(zoo.list_datamodules())
+    model = zoo.create_model("cnn_classifier", num_classes=3, lr=0.5)  # alias
+    assert isinstance(model, CNNClassifier) and model.hparams.num_classes == 3 and model.hparams.lr == 0.5
+    assert get_model_entry("cnn").datamodule == "digits"
+    assert isinstance(zoo.create_datamodule("digits", batch_size=7), DigitsDataModule)
+
+
+def test_unknown_names_list_close_matches() -> None:
+    with pytest.raises(UnknownNameError, match="did you mean cnn"):
+        zoo.create_model("cnnn")
+    with pytest.raises(UnknownNameError, match="did you mean mnist"):
+        zoo.create_datamodule("minst")
+
+
+def test_fast_catalog_matches_runtime_registry() -> None:
+    scanned = {e["name"]: e for e in scan_models()}
+    assert set(scanned) == set(zoo.list_models())
+    for name, e in scanned.items():
+        entry = get_model_entry(name)
+        assert (e["datamodule"], e["aliases"], e["defaults"]) == (entry.datamodule, entry.aliases, entry.defaults)
+
+
+def test_digits_split_is_disjoint_stratified_and_seeded() -> None:
+    def split(seed: int) -> dict[str, torch.Tensor]:
+        dm = DigitsDataModule(seed=seed)
+        dm.setup()
+        return dm.splits
+
+    a, b, c = split(0), split(0), split(1)
+    rows = {k: {tuple(x.flatten().tolist()) + (int(y),) for x, y in zip(*a[k])} for k in a}
+    assert not (rows["train"] & rows["test"]) and not (rows["val"] & rows["test"])
+    assert sum(len(a[k][1]) for k in a) == 1797
+    assert all(torch.equal(a[k][0], b[k][0]) for k in a)  # same seed, same split
+    assert not torch.equal(a["test"][1], c["test"][1])  # another seed, another split
+    counts = torch.bincount(a["test"][1], minlength=10)
+    assert counts.min() >= 34 and counts.max() <= 38  # stratified: ~36 per class
+
+
+def test_batch_loader_shards_and_reshuffles_deterministically() -> None:
+    data = (torch.arange(10), torch.arange(10))
+    epoch = {"e": 0}
+    shards = [TensorBatchLoader(data, 2, shuffle=True, seed=3, epoch_fn=lambda: epoch["e"], rank=r, world_size=2)
+              for r in range(2)]
+    seen = [torch.cat([x for x, _ in loader]) for loader in shards]
+    assert sorted(torch.cat(seen).tolist()) == list(range(10)) and len(shards[0]) == 3
+    assert torch.equal(torch.cat([x for x, _ in shards[0]]), seen[0])  # same epoch, same order
+    epoch["e"] = 1
+    assert not torch.equal(torch.cat([x for x, _ in shards[0]]), seen[0])
+
+
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    magic = (2051 if array.ndim == 3 else 2049).to_bytes(4, "big")
+    header = magic + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    with gzip.open(path, "wb") as fh:
+        fh.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_mnist_reads_idx_gz_without_writing(tmp_path: Path) -> None:
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 60), ("t10k", 20)):
+        _write_idx(raw / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 255, (n, 28, 28)))
+        _write_idx(raw / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    assert read_idx(raw / "t10k-images-idx3-ubyte.gz").shape == (20, 28, 28)
+    dm = MNISTDataModule(data_dir=str(tmp_path), batch_size=16, channels=3, image_size=32, val_fraction=0.2)
+    dm.setup()
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == (16, 3, 32, 32) and len(dm.splits["test"][1]) == 20
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+
+
+def test_mnist_missing_files_say_how_to_get_them(tmp_path: Path) -> None:
+    with pytest.raises(ZooUserError, match="does not exist.*shared/data"):
+        MNISTDataModule(data_dir=str(tmp_path / "nope")).setup()
+    with pytest.raises(ZooUserError, match="no train-images-idx3-ubyte"):
+        MNISTDataModule(data_dir=str(tmp_path)).setup()
+
+
+@pytest.mark.parametrize("size,channels", [(8, 1), (28, 1), (32, 3)])
+def test_cnn_shapes_and_backward(size: int, channels: int) -> None:
+    model = CNNClassifier(num_classes=7, in_channels=channels, image_size=size, channels=(8, 16, 16))
+    out = model(torch.randn(4, channels, size, size))
+    assert out.shape == (4, 7)
+    out.sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_cnn_loss_falls_on_a_tiny_batch() -> None:
+    torch.manual_seed(0)
+    model = CNNClassifier(num_classes=10, in_channels=1, image_size=8, dropout=0.0)
+    x, y = torch.randn(32, 1, 8, 8), torch.arange(32) % 10
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(40):
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.2 * losses[0]
+
+
+def test_cnn_rejects_bad_hyperparameters() -> None:
+    with pytest.raises(ZooUserError, match="kernel_size must be odd"):
+        CNNClassifier(kernel_size=4)
+    with pytest.raises(ZooUserError, match="unknown init"):
+        CNNClassifier(init="orthogonal")
+
+
+def test_checkpoint_reloads_to_identical_predictions(make_trainer, tmp_path: Path) -> None:
+    dm = DigitsDataModule(batch_size=64)
+    model = CNNClassifier(num_classes=10, in_channels=1, image_size=8)
+    trainer = make_trainer(max_epochs=1, limit_train_batches=5, limit_val_batches=1)
+    trainer.fit(model, datamodule=dm)
+    path = tmp_path / "m.ckpt"
+    trainer.save_checkpoint(path)
+    reloaded = CNNClassifier.load_from_checkpoint(path)
+    x = dm.splits["test"][0][:16].float() / 255
+    model.eval()
+    reloaded.eval()
+    assert torch.equal(model(x), reloaded(x))
+    assert reloaded.hparams == model.hparams
