@@ -25,8 +25,9 @@ COMMANDS = ("fit", "predict", "export")
 USAGE = """usage: train.py [fit|predict|export] --model NAME [--data NAME] [--gpus N] [--num-nodes N]
                 [--precision P] [--max-epochs N] [--seed S] [--logger csv|tensorboard|wandb]
                 [--data-dir DIR] [--output-dir DIR] [--runs-dir DIR] [--ckpt-path PATH|last]
-                [--fast-dev-run] [--patience N] [--no-early-stopping] [-c cfg.yaml]
-                [--wandb-project P] [--wandb-name N] [--wandb-tags T ...]
+                [--fast-dev-run] [--patience N] [--no-early-stopping] [--threads N] [-c cfg.yaml]
+                [--wandb-project P] [--wandb-name N] [--wandb-tags T ...] [--wandb-log-model]
+                [--wandb-watch]
                 [--model.<hparam> V] [--data.<hparam> V] [--trainer.<arg> V]
        train.py --list
        train.py --model NAME --help        (every hyperparameter with its default)
@@ -65,6 +66,9 @@ def zoo_parser() -> argparse.ArgumentParser:
     p.add_argument("--wandb-project")
     p.add_argument("--wandb-name")
     p.add_argument("--wandb-tags", nargs="*")
+    p.add_argument("--wandb-log-model", action="store_true", help="upload checkpoints as W&B artifacts")
+    p.add_argument("--wandb-watch", action="store_true", help="log gradient histograms with wandb.watch")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--input")
     p.add_argument("--format", choices=("onnx", "torchscript"))
     p.add_argument("--list", action="store_true")
@@ -150,6 +154,12 @@ def _main(argv: list[str]) -> int:
     if args.list:
         print(format_listing(scan_models()))
         return 0
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ZooUserError(f"--threads must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
     if command in ("predict", "export"):
         from zoo.inference import run_export, run_predict
 

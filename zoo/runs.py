@@ -98,11 +98,11 @@ def check_checkpoint(path: Path, model: torch.nn.Module, model_name: str) -> dic
     return ckpt
 
 
-def build_logger(kind: str, run_dir: Path, model_name: str, wandb_project: str | None, wandb_name: str | None,
-                 wandb_tags: list[str] | None) -> Any:
-    """A Lightning logger writing into ``run_dir``: csv, tensorboard or wandb (offline without a key)."""
+def build_logger(args: Any, run_dir: Path, model_name: str) -> Any:
+    """A Lightning logger writing into ``run_dir`` for ``--logger csv|tensorboard|wandb``."""
     from lightning.pytorch import loggers
 
+    kind = args.logger
     if kind == "csv":
         return loggers.CSVLogger(save_dir=run_dir, name="", version="logs")
     if kind == "tensorboard":
@@ -111,12 +111,15 @@ def build_logger(kind: str, run_dir: Path, model_name: str, wandb_project: str |
         except ModuleNotFoundError as exc:
             raise ZooUserError("--logger tensorboard needs tensorboard: pip install 'lightning-zoo[tensorboard]'") from exc
     if kind == "wandb":
-        return _wandb_logger(run_dir, model_name, wandb_project, wandb_name, wandb_tags)
+        return _wandb_logger(run_dir, model_name, args.wandb_project, args.wandb_name, args.wandb_tags,
+                             args.wandb_log_model)
     raise ZooUserError(f"unknown logger '{kind}'; choose csv, tensorboard or wandb")
 
 
 def _wandb_logger(run_dir: Path, model_name: str, project: str | None, name: str | None,
-                  tags: list[str] | None) -> Any:
+                  tags: list[str] | None, log_model: bool) -> Any:
+    """W&B logger; offline (with the sync command printed) when there is no API key. The key itself
+    is never printed or written: it stays in the environment / netrc where wandb reads it."""
     try:
         import wandb  # noqa: F401
     except ModuleNotFoundError as exc:
@@ -129,11 +132,19 @@ def _wandb_logger(run_dir: Path, model_name: str, project: str | None, name: str
     offline = os.environ.get("WANDB_MODE") in ("offline", "disabled") or not has_key
     logger = WandbLogger(project=project or "lightning-zoo", name=name or f"{model_name}-{run_dir.name}",
                          tags=tags, save_dir=str(run_dir), offline=offline, id=run_id,
-                         resume="allow" if run_id else None)
+                         resume="allow" if run_id else None, log_model=log_model and not offline)
     if offline:
         print(f"W&B: no API key or WANDB_MODE=offline, logging offline; upload later with: "
               f"wandb sync {run_dir / 'wandb'}/offline-run-*")
     return logger
+
+
+def finish_logger(logger: Any) -> None:
+    """Close a W&B run so its summary and files are complete on disk (a no-op for other loggers)."""
+    if type(logger).__name__ == "WandbLogger":
+        import wandb
+
+        wandb.finish()
 
 
 def remember_wandb_id(logger: Any, run_dir: Path) -> None:

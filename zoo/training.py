@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import os
 import shutil
 import signal
 import sys
@@ -23,9 +24,12 @@ from zoo.callbacks.run import EpochSeeder, InterruptCheckpoint, ZooMetadata
 from zoo.cli import device_settings
 from zoo.errors import ZooUserError
 from zoo.registry import ModelEntry, get_datamodule_class, get_model_entry
-from zoo.runs import build_logger, check_checkpoint, new_run_dir, remember_wandb_id, resolve_resume, write_metrics
+from zoo.runs import (build_logger, check_checkpoint, finish_logger, new_run_dir, remember_wandb_id, resolve_resume,
+                      write_metrics)
 
 __all__ = ["ZooCLI", "fit_and_test"]
+
+RUN_DIR_ENV = "ZOO_RUN_DIR"
 
 
 class ZooCLI(LightningCLI):
@@ -57,9 +61,12 @@ class ZooCLI(LightningCLI):
             raise ZooUserError(f"model '{self.entry.name}' trains on a single device only; use one device")
         if args.ckpt_path:
             self.resume_ckpt, self.run_dir = resolve_resume(args.ckpt_path, args.runs_dir, self.entry.name)
+        elif os.environ.get(RUN_DIR_ENV) and int(os.environ.get("LOCAL_RANK", "0")) > 0:
+            self.run_dir = Path(os.environ[RUN_DIR_ENV])  # a DDP worker joins the folder rank 0 made
         else:
             self.run_dir = new_run_dir(args.runs_dir, self.entry.name, args.output_dir)
             self.created_run_dir = True
+        os.environ[RUN_DIR_ENV] = str(self.run_dir)  # inherited by the DDP worker processes
         cfg.trainer.default_root_dir = str(self.run_dir)
 
     def instantiate_classes(self) -> None:
@@ -87,12 +94,12 @@ class ZooCLI(LightningCLI):
             cb.LearningRateMonitor(logging_interval="epoch"),
             ZooMetadata(self.entry.name, self.data_name),
             EpochSeeder(),
+            cb.Timer(),
         ]
         if monitor and args.patience > 0 and not args.no_early_stopping:
             callbacks.append(cb.EarlyStopping(monitor=monitor, mode=mode, patience=args.patience, check_finite=True))
         user_logger = self.config.trainer.logger not in (None, True)
-        logger = None if user_logger else build_logger(args.logger, self.run_dir, self.entry.name, args.wandb_project,
-                                                        args.wandb_name, args.wandb_tags)
+        logger = None if user_logger else build_logger(args, self.run_dir, self.entry.name)
         self.trainer_defaults = {**self.trainer_defaults, "callbacks": callbacks}
         return super().instantiate_trainer(**({} if user_logger else {"logger": logger}), **kwargs)
 
@@ -117,10 +124,13 @@ def fit_and_test(model_name: str, data_name: str | None, args: argparse.Namespac
     entry = get_model_entry(model_name)
     data_name = data_name or entry.datamodule
     get_datamodule_class(data_name)  # unknown data names fail before anything is created
-    sys.argv = sys.argv[:1]  # LightningCLI gets its arguments from `cli_args` only
-    cli = ZooCLI(entry, data_name, args, run=False, args=cli_args, save_config_callback=None,
-                 trainer_defaults=_trainer_defaults(entry, args), parser_kwargs={"exit_on_error": False},
-                 seed_everything_default=42)
+    argv, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI reads `cli_args` only (DDP workers re-run argv)
+    try:
+        cli = ZooCLI(entry, data_name, args, run=False, args=cli_args, save_config_callback=None,
+                     trainer_defaults=_trainer_defaults(entry, args), parser_kwargs={"exit_on_error": False},
+                     seed_everything_default=42)
+    finally:
+        sys.argv = argv
     trainer = cli.trainer
     try:
         _save_config(cli)
@@ -129,6 +139,10 @@ def fit_and_test(model_name: str, data_name: str | None, args: argparse.Namespac
         for logger in trainer.loggers:
             logger.log_hyperparams({f"data/{k}": v for k, v in cli.datamodule.hparams.items()}
                                    | {"zoo/model": entry.name, "zoo/data": data_name})
+        if trainer.is_global_zero and trainer.logger is not None:
+            remember_wandb_id(trainer.logger, cli.run_dir)
+        if args.wandb_watch and type(trainer.logger).__name__ == "WandbLogger":
+            trainer.logger.watch(cli.model, log="gradients")
         signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
         start = time.perf_counter()
         trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.resume_ckpt)
@@ -139,18 +153,20 @@ def fit_and_test(model_name: str, data_name: str | None, args: argparse.Namespac
         print(f"interrupted; checkpoint in {cli.run_dir / 'checkpoints'}; resume with "
               f"`python train.py --model {entry.name} --ckpt-path {cli.run_dir}`")
         return 130
-    if trainer.is_global_zero and trainer.logger is not None:
-        remember_wandb_id(trainer.logger, cli.run_dir)
     metrics = dict(trainer.callback_metrics)
     epochs, fit_time = trainer.current_epoch, time.perf_counter() - start
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    timer = next((c for c in trainer.callbacks if isinstance(c, cb.Timer)), None)
+    train_time = round(timer.time_elapsed("train"), 3) if timer else None
     if is_overridden("test_step", cli.model):
         for result in trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best or None):
             metrics.update(result)
     if trainer.is_global_zero:
         path = write_metrics(cli.run_dir, metrics, {
             "epochs": epochs, "wall_time_s": round(time.perf_counter() - start, 3), "fit_time_s": round(fit_time, 3),
+            "train_time_s": train_time,
             "best_checkpoint": best or None, "model": entry.name, "data": data_name,
             "seed": cli.config.seed_everything, "global_step": trainer.global_step})
         print(f"metrics: {path}")
+    finish_logger(trainer.logger)
     return 0

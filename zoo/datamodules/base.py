@@ -25,7 +25,12 @@ BatchTransform = Callable[[tuple[torch.Tensor, ...], torch.Generator], tuple[tor
 
 
 class TensorBatchLoader:
-    """Iterates over aligned tensors in batches; a DataLoader replacement for in-memory data."""
+    """Iterates over aligned tensors in batches; a DataLoader replacement for in-memory data.
+
+    Under DDP each rank takes every ``world_size``-th sample: padded to equal shards when shuffling
+    (training needs the same number of steps on every rank), unpadded for evaluation so that
+    synced metrics count every sample exactly once.
+    """
 
     def __init__(
         self,
@@ -51,13 +56,16 @@ class TensorBatchLoader:
         n = len(self.tensors[0])
         gen = torch.Generator().manual_seed(self.seed + 1000003 * self.epoch_fn())
         idx = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
-        if self.world_size > 1:  # equal shards per rank, padding by wrap-around like DistributedSampler
-            per_rank = math.ceil(n / self.world_size)
-            idx = torch.cat([idx, idx[: per_rank * self.world_size - n]])[self.rank :: self.world_size]
+        if self.world_size > 1:
+            if self.shuffle:  # training: equal shards (padded by wrap-around like DistributedSampler)
+                idx = torch.cat([idx, idx[: math.ceil(n / self.world_size) * self.world_size - n]])
+            idx = idx[self.rank :: self.world_size]  # evaluation: every sample exactly once
         return idx
 
     def __len__(self) -> int:
-        n = math.ceil(len(self.tensors[0]) / self.world_size)
+        n = len(self.tensors[0])
+        if self.world_size > 1:
+            n = math.ceil(n / self.world_size) if self.shuffle else len(range(self.rank, n, self.world_size))
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def __iter__(self):

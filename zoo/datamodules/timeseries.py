@@ -1,0 +1,248 @@
+"""Forecasting windows from a CSV of one or more series (offline default: a generated seasonal series).
+
+Split (chronological): the test block is the last ``test_size`` steps, the validation block the
+``val_size`` steps before it, training is everything earlier. A window forecasts ``horizon`` steps
+from an origin ``o`` using the ``lookback`` steps before it; its targets lie entirely inside one
+block, so no training target comes from validation or test, and the transform (log, seasonal
+difference, scaling) is fitted on the training rows only. Inputs may reach back into earlier
+blocks (that history is known at forecast time).
+
+Each batch is ``(x, y, history, truth, origin)``: inputs [B, lookback, input_size], transformed
+targets [B, horizon, num_targets], the raw values before the origin [B, max(lookback, season), T],
+the raw truth [B, horizon, T] and the origin index [B], so metrics and baselines run on the original scale.
+
+Example:
+    >>> dm = TimeSeriesDataModule(lookback=24, horizon=12)
+    >>> dm.setup("fit")
+    >>> x, y, history, truth, origin = next(iter(dm.train_dataloader()))
+    >>> tuple(x.shape[1:]), tuple(y.shape[1:])
+    ((24, 3), (12, 1))
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from zoo.datamodules._ts_transforms import (FillMissing, SeriesTransform, future_times, generate_series,
+                                            read_series_csv, window_origins)
+from zoo.datamodules.base import ZooDataModule
+from zoo.errors import ZooUserError
+from zoo.registry import register_datamodule
+
+__all__ = ["TimeSeriesDataModule"]
+
+DEFAULT_CSV = Path("timeseries") / "airline-passengers.csv"
+
+
+@register_datamodule("timeseries", aliases=("time_series", "csv_series"))
+class TimeSeriesDataModule(ZooDataModule):
+    """Sliding forecast windows over CSV series with a leak-free chronological split.
+
+    Args:
+        path: CSV file (absolute, or relative to ``data_dir``). None: ``<data_dir>/timeseries/airline-passengers.csv``
+            when ``data_dir`` is given, else the generated series (:func:`generate_series`, seeded by ``seed``).
+        time_column: timestamp column; ``auto`` = the first column when it is not numeric, ``none`` = row numbers.
+        target: column(s) to forecast; None = every numeric non-time, non-covariate column.
+        covariates: extra numeric input columns (observed in the past only, scaled on training rows).
+        calendar_features: add sin/cos of each step's position in the season (month of year for monthly data).
+        lookback / horizon / stride: input length, forecast length, step between training window origins.
+        test_size / val_size: lengths of the final test block and of the validation block before it
+            (``val_size`` None = ``test_size``).
+        log / difference / season_length: log transform, seasonal differencing ``y_t - y_{t-season_length}``.
+        scale / center: divide (after log/difference) by the training-part std, and subtract its mean when
+            ``center`` (off: a zero output means "same as last season", i.e. the seasonal-naive forecast).
+        fill_missing: ``error`` (default), ``interpolate`` (linear) or ``ffill`` for empty cells.
+        generated_length: length of the generated default series.
+    """
+
+    link_fields = ("input_size", "num_targets", "lookback", "horizon")
+
+    def __init__(self, data_dir: str | None = None, path: str | None = None, time_column: str | None = "auto",
+                 target: str | list[str] | None = None, covariates: list[str] | None = None,
+                 calendar_features: bool = True, lookback: int = 24, horizon: int = 12, stride: int = 1,
+                 test_size: int = 12, val_size: int | None = None, log: bool = False, difference: bool = True,
+                 season_length: int = 12, scale: bool = True, center: bool = True, fill_missing: FillMissing = "error",
+                 generated_length: int = 240, batch_size: int = 32, num_workers: int = 0, seed: int = 42) -> None:
+        super().__init__(data_dir, batch_size, num_workers, seed)
+        for name, value, low in (("lookback", lookback, 1), ("horizon", horizon, 1), ("stride", stride, 1),
+                                 ("season_length", season_length, 1), ("test_size", test_size, 1)):
+            if value < low:
+                raise ZooUserError(f"{name} must be >= {low}, got {value}")
+        if test_size < horizon:
+            raise ZooUserError(f"test_size ({test_size}) must be >= horizon ({horizon}) so one test window fits")
+        if fill_missing not in ("error", "interpolate", "ffill"):
+            raise ZooUserError(f"fill_missing must be error, interpolate or ffill, got '{fill_missing}'")
+        self.path, self.time_column, self.covariates = path, time_column, list(covariates or [])
+        self.target = [target] if isinstance(target, str) else (list(target) if target else None)
+        self.calendar_features, self.lookback, self.horizon, self.stride = calendar_features, lookback, horizon, stride
+        self.test_size, self.val_size = test_size, val_size if val_size is not None else test_size
+        self.season_length, self.fill_missing, self.generated_length = season_length, fill_missing, generated_length
+        self.transform = SeriesTransform(log=log, difference=difference, season_length=season_length, scale=scale,
+                                         center=center)
+        self.splits: dict[str, tuple[torch.Tensor, ...]] = {}
+        self.target_names: list[str] = []
+        self.times: pd.DatetimeIndex | None = None
+        self.raw = np.zeros((0, 1))
+        self._predict_meta: dict[str, Any] = {}
+
+    # ---- shapes linked into the model -------------------------------------------------------------
+    @property
+    def num_targets(self) -> int:
+        return len(self.target) if self.target else (len(self.target_names) or self._peek_targets())
+
+    @property
+    def input_size(self) -> int:
+        return self.num_targets + len(self.covariates) + (2 if self.calendar_features else 0)
+
+    @property
+    def context(self) -> int:
+        """Raw steps kept before each origin: the lookback, and a full season for baselines and inversion."""
+        return max(self.lookback, self.season_length)
+
+    def _peek_targets(self) -> int:
+        return self._read()[1].shape[1]
+
+    # ---- reading ----------------------------------------------------------------------------------
+    def _source(self) -> Path | pd.DataFrame:
+        if self.path is not None:
+            p = Path(self.path).expanduser()
+            if not p.is_absolute() and not p.is_file() and self.data_dir is not None:
+                p = self.data_dir / p
+            return p
+        if self.data_dir is not None:
+            return self.data_dir / DEFAULT_CSV
+        return generate_series(self.generated_length, self.seed)
+
+    def _read(self, source: Path | pd.DataFrame | None = None):
+        return read_series_csv(self._source() if source is None else source, self.time_column, self.target,
+                               self.covariates, self.fill_missing)
+
+    def _features(self, z: np.ndarray, cov: np.ndarray, start: int) -> np.ndarray:
+        """Model inputs per step: transformed targets, scaled covariates, season-position sin/cos."""
+        parts = [z]
+        if self.covariates:
+            parts.append((cov - self._cov_mean) / self._cov_std)
+        if self.calendar_features:
+            phase = 2 * np.pi * ((np.arange(len(z)) + start) % self.season_length) / self.season_length
+            parts += [np.sin(phase)[:, None], np.cos(phase)[:, None]]
+        return np.concatenate(parts, axis=1)
+
+    def _fit_covariates(self, cov_train: np.ndarray) -> None:
+        self._cov_mean = cov_train.mean(axis=0) if cov_train.size else np.zeros(0)
+        std = cov_train.std(axis=0) if cov_train.size else np.ones(0)
+        self._cov_std = np.where(std > 0, std, 1.0)
+
+    # ---- setup ------------------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        self.times, raw, cov, self.target_names = self._read()
+        n, lag = len(raw), self.transform.lag
+        val_start = n - self.test_size - self.val_size
+        first = max(self.lookback + lag, self.context)  # earliest origin with full inputs and history
+        need = first + self.horizon + self.val_size + self.test_size
+        if n < need:
+            season = f" + season {lag}" if lag else ""
+            raise ZooUserError(f"series has {n} rows but lookback {self.lookback} + horizon {self.horizon} + "
+                               f"val_size {self.val_size} + test_size {self.test_size}{season} needs >= {need}; "
+                               f"use a longer series or smaller values")
+        self.transform.fit(raw[:val_start], self.target_names)
+        self._fit_covariates(cov[:val_start])
+        self.raw, self._cov = raw, cov
+        feats = self._features(self.transform.forward(raw), cov, 0)
+        blocks = {"train": (first, val_start - self.horizon, self.stride),
+                  "val": (val_start, n - self.test_size - self.horizon, self.stride),
+                  "test": (n - self.test_size, n - self.horizon, self.stride)}
+        for split, (lo, hi, stride) in blocks.items():
+            origins = window_origins(lo, hi, stride)
+            if len(origins) == 0:
+                raise ZooUserError(f"no {split} window fits; lower lookback/horizon or raise {split}_size")
+            self.splits[split] = self._windows(feats, raw, origins)
+
+    def _windows(self, feats: np.ndarray, raw: np.ndarray, origins: np.ndarray, with_targets: bool = True):
+        z = feats[:, : raw.shape[1]]
+        x = np.stack([feats[o - self.lookback: o] for o in origins])
+        hist = np.stack([raw[o - self.context: o] for o in origins])
+        if with_targets:
+            y = np.stack([z[o: o + self.horizon] for o in origins])
+            truth = np.stack([raw[o: o + self.horizon] for o in origins])
+        else:
+            y = truth = np.zeros((len(origins), self.horizon, raw.shape[1]))
+        tensors = (x, y, hist, truth)
+        return (*(torch.as_tensor(t, dtype=torch.float32) for t in tensors), torch.as_tensor(origins))
+
+    def _loader(self, split: str, train: bool):
+        self.setup()
+        return self.make_loader(self.splits[split], train=train)
+
+    def train_dataloader(self):
+        return self._loader("train", True)
+
+    def val_dataloader(self):
+        return self._loader("val", False)
+
+    def test_dataloader(self):
+        return self._loader("test", False)
+
+    # ---- predict: forecast past the end of a series -----------------------------------------------
+    def forecast_batch(self, source: Path | pd.DataFrame | None = None) -> tuple[torch.Tensor, ...]:
+        """One batch forecasting ``horizon`` steps after the end of ``source`` (default: the configured series).
+
+        A ``source`` is transformed with the restored checkpoint state (:meth:`load_state_dict`) when there
+        is one, so the training CSV is not needed at predict time; otherwise the configured data is set up.
+        """
+        if source is None or not self.transform.fitted:
+            self.setup()
+        times, raw, cov, names = self.raw_series(source)
+        if names != self.target_names:
+            raise ZooUserError(f"prediction input has target column(s) {names}, the model was trained on "
+                               f"{self.target_names}; pass a CSV with the same columns")
+        first = max(self.lookback + self.transform.lag, self.context)
+        if len(raw) < first:
+            raise ZooUserError(f"prediction input has {len(raw)} rows; it needs >= {first} (lookback + season)")
+        feats = self._features(self.transform.forward(raw), cov, 0)
+        self._predict_meta = {"times": future_times(times, len(raw), self.horizon), "names": names,
+                              "time_name": times.name if times is not None and times.name else "step"}
+        return self._windows(feats, raw, np.array([len(raw)]), with_targets=False)
+
+    def raw_series(self, source: Path | pd.DataFrame | None = None):
+        if source is None:
+            return self.times, self.raw, self._cov, self.target_names
+        return self._read(source)
+
+    def predict_input(self, path: str) -> Iterable[Any]:
+        """A loader with the single window that forecasts past the end of the CSV at ``path``."""
+        return self.make_loader(self.forecast_batch(Path(path).expanduser()), train=False)
+
+    def predict_dataloader(self):
+        return self.make_loader(self.forecast_batch(), train=False)
+
+    def forecast_frame(self, forecast: np.ndarray) -> pd.DataFrame:
+        """A table (timestamp + one column per target) for a forecast [horizon, T] from :meth:`forecast_batch`."""
+        if not self._predict_meta:
+            raise RuntimeError("forecast_frame before forecast_batch")
+        frame = pd.DataFrame(forecast, columns=self._predict_meta["names"])
+        frame.insert(0, self._predict_meta["time_name"], self._predict_meta["times"])
+        return frame
+
+    # ---- checkpointed state: the fitted scaler, so predict needs no training CSV ---------------------
+    def state_dict(self) -> dict[str, Any]:
+        if not self.transform.fitted:
+            return {}
+        return {"transform": self.transform.state_dict(), "target_names": list(self.target_names),
+                "cov_mean": self._cov_mean.tolist(), "cov_std": self._cov_std.tolist()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state:
+            self.transform.load_state_dict(state["transform"])
+            self.target_names = list(state["target_names"])
+            self._cov_mean, self._cov_std = np.asarray(state["cov_mean"]), np.asarray(state["cov_std"])
+
+    def series_for_plot(self) -> tuple[Sequence, np.ndarray]:
+        """(x axis, raw values [N, T]) of the configured series."""
+        axis = self.times if self.times is not None else np.arange(len(self.raw))
+        return axis, self.raw
