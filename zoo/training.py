@@ -47,8 +47,12 @@ class ZooCLI(LightningCLI):
         parser.add_argument("--zoo.model", default=self.entry.name, help="registered model name (informational)")
         parser.add_argument("--zoo.data", default=self.data_name, help="registered DataModule name (informational)")
         params = inspect.signature(self.entry.cls.__init__).parameters
+        data_params = inspect.signature(self.datamodule_class.__init__).parameters
+        from_model = [f for f in getattr(self.datamodule_class, "link_from_model", ()) if f in params and f in data_params]
+        for field in from_model:  # e.g. --model.backbone also picks the DataModule's tokenizer
+            parser.link_arguments(f"model.{field}", f"data.{field}", apply_on="parse")
         for field in getattr(self.datamodule_class, "link_fields", ()):
-            if field in params:
+            if field in params and field not in from_model:
                 parser.link_arguments(f"data.{field}", f"model.{field}", apply_on="instantiate")
         parser.set_defaults({f"model.{k}": v for k, v in self.entry.defaults.items()})
 
@@ -106,7 +110,7 @@ class ZooCLI(LightningCLI):
 
 def _trainer_defaults(entry: ModelEntry, args: argparse.Namespace) -> dict[str, Any]:
     settings = device_settings(args.gpus, args.num_nodes, entry.cls.supports_multi_device, entry.name)
-    return {**settings, "log_every_n_steps": 10, "max_epochs": 20}
+    return {"log_every_n_steps": 10, "max_epochs": 20, **entry.cls.trainer_defaults, **settings}
 
 
 def _save_config(cli: ZooCLI) -> None:

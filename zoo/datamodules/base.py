@@ -85,6 +85,9 @@ class ZooDataModule(L.LightningDataModule):
     """
 
     link_fields: ClassVar[tuple[str, ...]] = ()
+    #: Arguments the CLI copies the other way, from ``--model.<name>`` into this DataModule at parse
+    #: time (e.g. ``backbone``, whose tokenizer the data needs); they are not linked back.
+    link_from_model: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, data_dir: str | None = None, batch_size: int = 64, num_workers: int = 0, seed: int = 42) -> None:
         super().__init__()

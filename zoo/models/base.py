@@ -60,6 +60,8 @@ class ZooModule(L.LightningModule):
     monitor_mode: ClassVar[Literal["min", "max"]] = "min"
     #: False for models that cannot be split over devices (full-batch GNN, Gatys style transfer).
     supports_multi_device: ClassVar[bool] = True
+    #: Trainer defaults of this model for the CLI (e.g. ``{"max_epochs": 200}``); flags still win.
+    trainer_defaults: ClassVar[dict[str, Any]] = {}
     #: Export formats that make sense for this model (``train.py export``); () for none.
     export_formats: ClassVar[tuple[str, ...]] = ("onnx", "torchscript")
 
