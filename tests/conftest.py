@@ -2,15 +2,20 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
-from typing import Any, Callable
 
-import lightning as L
-import pytest
-import torch
-
+# Before torch loads: idle OpenMP threads sleep instead of spinning, which keeps oversubscribed
+# CPUs (2 cores, DDP workers, other jobs) from slowing down by an order of magnitude.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from pathlib import Path  # noqa: E402
+from typing import Any, Callable  # noqa: E402
+
+import lightning as L  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 REPO = Path(__file__).resolve().parents[1]

@@ -77,7 +77,7 @@ def test_wandb_offline_run_holds_test_metrics(tmp_path: Path, monkeypatch: pytes
 def test_cpu_ddp_two_processes_sync_metrics_and_rank0_writes(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     proc = train_py(*TINY, "--max-epochs", "1", "--trainer.accelerator", "cpu", "--trainer.devices", "2",
-                    "--trainer.strategy", "ddp", "--runs-dir", str(runs))
+                    "--trainer.strategy", "ddp", "--threads", "1", "--runs-dir", str(runs))
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out[-3000:]
     assert len(list(runs.glob("cnn/*"))) == 1  # the worker joined rank 0's folder

@@ -60,7 +60,7 @@ def zoo_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-dir", default="runs")
     p.add_argument("--ckpt-path")
     p.add_argument("--fast-dev-run", action="store_true")
-    p.add_argument("--patience", type=int, default=5)
+    p.add_argument("--patience", type=int, help="early-stopping patience in epochs (default: the model's)")
     p.add_argument("--no-early-stopping", action="store_true")
     p.add_argument("-c", "--config", action="append", default=[])
     p.add_argument("--wandb-project")

@@ -88,8 +88,7 @@ class ZooCLI(LightningCLI):
                 shutil.rmtree(run)
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
-        args, monitor = self.zoo_args, self.entry.cls.monitor
-        mode = self.entry.cls.monitor_mode
+        args, monitor, mode = self.zoo_args, self.model.monitor, self.model.monitor_mode  # may depend on the task
         ckpt_dir = self.run_dir / "checkpoints"
         callbacks: list[Any] = [
             cb.ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode=mode, save_last=True,
@@ -100,8 +99,9 @@ class ZooCLI(LightningCLI):
             EpochSeeder(),
             cb.Timer(),
         ]
-        if monitor and args.patience > 0 and not args.no_early_stopping:
-            callbacks.append(cb.EarlyStopping(monitor=monitor, mode=mode, patience=args.patience, check_finite=True))
+        patience = args.patience if args.patience is not None else self.model.default_patience
+        if monitor and patience > 0 and not args.no_early_stopping:
+            callbacks.append(cb.EarlyStopping(monitor=monitor, mode=mode, patience=patience, check_finite=True))
         user_logger = self.config.trainer.logger not in (None, True)
         logger = None if user_logger else build_logger(args, self.run_dir, self.entry.name)
         self.trainer_defaults = {**self.trainer_defaults, "callbacks": callbacks}

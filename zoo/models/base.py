@@ -60,6 +60,8 @@ class ZooModule(L.LightningModule):
     monitor_mode: ClassVar[Literal["min", "max"]] = "min"
     #: False for models that cannot be split over devices (full-batch GNN, Gatys style transfer).
     supports_multi_device: ClassVar[bool] = True
+    #: Early-stopping patience (validation checks) the CLI uses unless ``--patience`` is given.
+    default_patience: ClassVar[int] = 5
     #: Trainer defaults of this model for the CLI (e.g. ``{"max_epochs": 200}``); flags still win.
     trainer_defaults: ClassVar[dict[str, Any]] = {}
     #: Export formats that make sense for this model (``train.py export``); () for none.
