@@ -49,7 +49,7 @@ def plain_loop(data_dir: str, epochs: int, batch_size: int, seed: int) -> dict[s
     for epoch in range(epochs):
         model.train()
         loader = TensorBatchLoader(dm.splits["train"], batch_size, shuffle=True, seed=seed, epoch_fn=lambda: epoch,
-                                   transform=dm._batch(True))
+                                   transform=dm.batch_transform(True))
         for x, y in loader:
             loss = F.cross_entropy(model(x), y)
             opt.zero_grad(set_to_none=True)

@@ -16,7 +16,9 @@ import lightning as L  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# One intra-op thread: the test models are tiny, and on 2 cores (shared with DDP workers and
+# subprocess runs) a second OpenMP thread costs far more than it gives.
+torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

@@ -13,15 +13,6 @@ from zoo.datamodules.text import SentimentDataModule, SST2DataModule, TextDataMo
 from zoo.errors import ZooUserError
 from zoo.models.bert import BertClassifier
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from a second thread and lose a lot to it on busy shared cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 TINY = dict(scratch_hidden=32, scratch_layers=2, scratch_heads=2)
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import zoo
-from zoo.catalog import scan_models
+from zoo.catalog import scan_datamodules, scan_models
 from zoo.datamodules.base import TensorBatchLoader
 from zoo.datamodules.images import DigitsDataModule, MNISTDataModule, read_idx
 from zoo.errors import ZooUserError
@@ -36,6 +36,7 @@ def test_unknown_names_list_close_matches() -> None:
 def test_fast_catalog_matches_runtime_registry() -> None:
     scanned = {e["name"]: e for e in scan_models()}
     assert set(scanned) == set(zoo.list_models())
+    assert {e["name"] for e in scan_datamodules()} == set(zoo.list_datamodules())
     for name, e in scanned.items():
         entry = get_model_entry(name)
         assert (e["datamodule"], e["aliases"], e["defaults"]) == (entry.datamodule, entry.aliases, entry.defaults)

@@ -17,15 +17,6 @@ from zoo.errors import ZooUserError
 from zoo.models.gnn import GNN
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """PyG scatter with 2 threads on 2 shared cores is ~100x slower than with 1; restore afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _model(dm, **kw) -> GNN:
     return GNN(in_channels=dm.in_channels, num_classes=dm.num_classes, task=dm.task, **kw)
 

@@ -19,15 +19,6 @@ from zoo.registry import create_model, get_model_entry
 SMALL = dict(lookback=12, horizon=6, test_size=12, val_size=6, batch_size=16)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """This LSTM is tiny: one thread avoids OpenMP contention on shared cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def write_csv(tmp_path: Path, n: int = 96, **columns) -> Path:
     frame = generate_series(n, seed=3).rename(columns={"value": "sales"})
     for name, values in columns.items():

@@ -16,15 +16,6 @@ from zoo.models.vgg_features import PerceptualLoss, VGGFeatures, gram_matrix, vg
 from zoo.registry import create_model, get_model_entry
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """VGG on 2 shared, oversubscribed cores runs far faster single-threaded (no OpenMP spin-waiting)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _png(path: Path, mode: str, size: tuple[int, int] = (32, 32), seed: int = 0) -> str:
     from PIL import Image
 

@@ -18,15 +18,6 @@ from zoo.models.transfer import TransferClassifier
 from zoo.registry import create_model, get_model_entry
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on an oversubscribed 2-core machine two OpenMP threads run ~10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny(**kw) -> TransferClassifier:
     args = dict(num_classes=10, image_size=8, pretrained="false")
     return TransferClassifier(**{**args, **kw})

@@ -15,13 +15,19 @@ from pathlib import Path
 from typing import Any
 
 MODELS_DIR = Path(__file__).parent / "models"
+DATAMODULES_DIR = Path(__file__).parent / "datamodules"
 
 
-def _decorator_args(node: ast.ClassDef) -> dict[str, Any] | None:
+def _first_sentence(doc: str) -> str:
+    paragraph = " ".join(doc.strip().split("\n\n")[0].split())
+    return paragraph.split(". ")[0].rstrip(".") + "."
+
+
+def _decorator_args(node: ast.ClassDef, decorator: str = "register_model") -> dict[str, Any] | None:
     for deco in node.decorator_list:
-        if isinstance(deco, ast.Call) and getattr(deco.func, "id", getattr(deco.func, "attr", "")) == "register_model":
+        if isinstance(deco, ast.Call) and getattr(deco.func, "id", getattr(deco.func, "attr", "")) == decorator:
             entry = {"name": ast.literal_eval(deco.args[0]), "aliases": (), "defaults": {}, "class": node.name,
-                     "summary": (ast.get_docstring(node) or node.name).strip().splitlines()[0]}
+                     "summary": _first_sentence(ast.get_docstring(node) or node.name)}
             for kw in deco.keywords:
                 value = ast.literal_eval(kw.value)
                 if kw.arg in ("datamodule", "aliases"):
@@ -32,16 +38,25 @@ def _decorator_args(node: ast.ClassDef) -> dict[str, Any] | None:
     return None
 
 
-def scan_models(models_dir: Path = MODELS_DIR) -> list[dict[str, Any]]:
-    """Registrations found in ``zoo/models/*.py``, sorted by name (name, aliases, datamodule, summary)."""
+def _scan(folder: Path, decorator: str) -> list[dict[str, Any]]:
     entries = []
-    for path in sorted(models_dir.glob("*.py")):
+    for path in sorted(folder.glob("*.py")):
         tree = ast.parse(path.read_text(), filename=str(path))
         for node in ast.walk(tree):
-            if isinstance(node, ast.ClassDef) and (entry := _decorator_args(node)) is not None:
-                entry["module"] = f"zoo.models.{path.stem}"
+            if isinstance(node, ast.ClassDef) and (entry := _decorator_args(node, decorator)) is not None:
+                entry["module"] = f"zoo.{folder.name}.{path.stem}"
                 entries.append(entry)
     return sorted(entries, key=lambda e: e["name"])
+
+
+def scan_models(models_dir: Path = MODELS_DIR) -> list[dict[str, Any]]:
+    """Registrations found in ``zoo/models/*.py``, sorted by name (name, aliases, datamodule, summary)."""
+    return _scan(models_dir, "register_model")
+
+
+def scan_datamodules(datamodules_dir: Path = DATAMODULES_DIR) -> list[dict[str, Any]]:
+    """DataModule registrations found in ``zoo/datamodules/*.py`` (name, aliases, summary)."""
+    return _scan(datamodules_dir, "register_datamodule")
 
 
 def format_listing(entries: list[dict[str, Any]]) -> str:
@@ -49,4 +64,5 @@ def format_listing(entries: list[dict[str, Any]]) -> str:
     rows = [("model", "aliases", "default data", "summary")]
     rows += [(e["name"], ",".join(e["aliases"]) or "-", e.get("datamodule", "-"), e["summary"]) for e in entries]
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    return "\n".join(f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}" for r in rows)
+    table = "\n".join(f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}" for r in rows)
+    return table + "\n\ndata (--data NAME): " + ", ".join(e["name"] for e in scan_datamodules())

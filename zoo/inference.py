@@ -12,9 +12,11 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from zoo.cli import device_settings
 from zoo.errors import ZooUserError
+from zoo.models.base import ZooModule
 from zoo.registry import ModelEntry, get_datamodule_class, get_model_entry
 from zoo.runs import load_checkpoint, new_run_dir, resolve_resume
 
@@ -52,6 +54,8 @@ def run_predict(args: argparse.Namespace) -> int:
     if not Path(args.input).exists():
         raise ZooUserError(f"--input '{args.input}' does not exist")
     entry, model, ckpt, _ = load_zoo_checkpoint(args.ckpt_path, args.runs_dir, args.model)
+    if not is_overridden("write_predictions", model, parent=ZooModule):
+        raise ZooUserError(f"model '{entry.name}' has no predict step: {entry.cls.predict_hint}")
     dm = load_datamodule(ckpt, entry)
     loader = dm.predict_input(args.input)
     out_dir = new_run_dir(args.runs_dir, f"{entry.name}-predict", args.output_dir)

@@ -124,3 +124,26 @@ class ZooDataModule(L.LightningDataModule):
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         return TensorBatchLoader(tensors, batch_size or self.batch_size, shuffle=train, seed=self.seed,
                                  epoch_fn=self._epoch, rank=rank, world_size=world, transform=transform)
+
+
+class InMemoryDataModule(ZooDataModule):
+    """A DataModule whose ``setup`` fills ``self.splits`` ({"train"|"val"|"test": tensors}); loaders are
+    ``TensorBatchLoader``s over them, with ``batch_transform(train)`` applied to every batch."""
+
+    splits: dict[str, Sequence[torch.Tensor]]
+
+    def batch_transform(self, train: bool) -> BatchTransform | None:
+        return None
+
+    def _loader(self, split: str, train: bool) -> TensorBatchLoader:
+        self.setup()
+        return self.make_loader(self.splits[split], train=train, transform=self.batch_transform(train))
+
+    def train_dataloader(self) -> TensorBatchLoader:
+        return self._loader("train", True)
+
+    def val_dataloader(self) -> TensorBatchLoader:
+        return self._loader("val", False)
+
+    def test_dataloader(self) -> TensorBatchLoader:
+        return self._loader("test", False)

@@ -66,18 +66,6 @@ class GraphClassificationDataModule(_GraphBase):
         return DataLoader(self.splits[split], batch_size=self.batch_size, shuffle=train, generator=gen,
                           num_workers=self.num_workers)
 
-    def train_dataloader(self):
-        return self._loader("train", train=True)
-
-    def val_dataloader(self):
-        return self._loader("val")
-
-    def test_dataloader(self):
-        return self._loader("test")
-
-    def predict_dataloader(self):
-        return self._loader("predict")
-
 
 @register_datamodule("tu")
 class TUDataModule(GraphClassificationDataModule):

@@ -105,6 +105,28 @@ class _GraphBase(ZooDataModule):
     def load(self) -> Any:
         raise NotImplementedError
 
+    def _loader(self, split: str, train: bool = False) -> Any:
+        raise NotImplementedError
+
+    def train_dataloader(self):
+        return self._loader("train", train=True)
+
+    def val_dataloader(self):
+        return self._loader("val")
+
+    def test_dataloader(self):
+        return self._loader("test")
+
+    def predict_dataloader(self):
+        return self._loader("predict")
+
+    def predict_input(self, path: str) -> Any:
+        """``train.py predict --input DIR``: predictions for every node / graph / test edge of the data in
+        DIR, a folder laid out like ``--data-dir`` (built-in sets such as ``karate`` need no files)."""
+        self.data_dir = Path(path).expanduser()
+        self._loaded, self.splits = None, {}
+        return self.predict_dataloader()
+
     @property
     def loaded(self) -> Any:
         if self._loaded is None:
@@ -192,18 +214,6 @@ class NodeDataModule(_GraphBase):
         nodes = None if split == "predict" else data[f"{split}_mask"]
         return NeighborLoader(data, num_neighbors=list(self.num_neighbors), input_nodes=nodes,
                               batch_size=self.batch_size, shuffle=train, num_workers=self.num_workers)
-
-    def train_dataloader(self):
-        return self._loader("train", train=True)
-
-    def val_dataloader(self):
-        return self._loader("val")
-
-    def test_dataloader(self):
-        return self._loader("test")
-
-    def predict_dataloader(self):
-        return self._loader("predict")
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
         """Full-batch graphs move to the accelerator once, not every epoch."""

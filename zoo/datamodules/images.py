@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from zoo.datamodules.base import ZooDataModule
+from zoo.datamodules.base import InMemoryDataModule
 from zoo.errors import ZooUserError
 from zoo.registry import register_datamodule
 
@@ -59,7 +59,7 @@ def random_hflip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return torch.where(flip[:, None, None, None], x.flip(-1), x)
 
 
-class ImageDataModule(ZooDataModule):
+class ImageDataModule(InMemoryDataModule):
     """Base for in-memory image sets: subclasses fill ``self.splits`` with (uint8 NCHW images, labels).
 
     Args:
@@ -121,7 +121,7 @@ class ImageDataModule(ZooDataModule):
             train_idx = train_idx[keep]
         self.splits = {"train": (x[train_idx], y[train_idx]), "val": (x[val_idx], y[val_idx]), "test": arrays["test"]}
 
-    def _batch(self, train: bool):
+    def batch_transform(self, train: bool):
         mean = torch.tensor(self.mean).view(1, -1, 1, 1)
         std = torch.tensor(self.std).view(1, -1, 1, 1)
 
@@ -141,19 +141,6 @@ class ImageDataModule(ZooDataModule):
             return x.contiguous(), y
 
         return transform
-
-    def _loader(self, split: str, train: bool):
-        self.setup()
-        return self.make_loader(self.splits[split], train=train, transform=self._batch(train))
-
-    def train_dataloader(self):
-        return self._loader("train", True)
-
-    def val_dataloader(self):
-        return self._loader("val", False)
-
-    def test_dataloader(self):
-        return self._loader("test", False)
 
     def predict_dataloader(self):
         return self._loader("test", False)
@@ -189,7 +176,7 @@ class ImageDataModule(ZooDataModule):
             self.predict_names = [f.name for f in files]
         if x.shape[1] != self.native_channels:
             raise ZooUserError(f"predict input has {x.shape[1]} channels, this data set has {self.native_channels}")
-        return self.make_loader((x, torch.zeros(len(x), dtype=torch.long)), train=False, transform=self._batch(False))
+        return self.make_loader((x, torch.zeros(len(x), dtype=torch.long)), train=False, transform=self.batch_transform(False))
 
 
 def stratified_split(y: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

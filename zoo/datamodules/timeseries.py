@@ -29,7 +29,7 @@ import torch
 
 from zoo.datamodules._ts_transforms import (FillMissing, SeriesTransform, future_times, generate_series,
                                             read_series_csv, window_origins)
-from zoo.datamodules.base import ZooDataModule
+from zoo.datamodules.base import InMemoryDataModule
 from zoo.errors import ZooUserError
 from zoo.registry import register_datamodule
 
@@ -39,7 +39,7 @@ DEFAULT_CSV = Path("timeseries") / "airline-passengers.csv"
 
 
 @register_datamodule("timeseries", aliases=("time_series", "csv_series"))
-class TimeSeriesDataModule(ZooDataModule):
+class TimeSeriesDataModule(InMemoryDataModule):
     """Sliding forecast windows over CSV series with a leak-free chronological split.
 
     Args:
@@ -175,18 +175,6 @@ class TimeSeriesDataModule(ZooDataModule):
         tensors = (x, y, hist, truth)
         return (*(torch.as_tensor(t, dtype=torch.float32) for t in tensors), torch.as_tensor(origins))
 
-    def _loader(self, split: str, train: bool):
-        self.setup()
-        return self.make_loader(self.splits[split], train=train)
-
-    def train_dataloader(self):
-        return self._loader("train", True)
-
-    def val_dataloader(self):
-        return self._loader("val", False)
-
-    def test_dataloader(self):
-        return self._loader("test", False)
 
     # ---- predict: forecast past the end of a series -----------------------------------------------
     def forecast_batch(self, source: Path | pd.DataFrame | None = None) -> tuple[torch.Tensor, ...]:

@@ -67,6 +67,9 @@ class ZooModule(L.LightningModule):
     #: Export formats that make sense for this model (``train.py export``); () for none.
     export_formats: ClassVar[tuple[str, ...]] = ("onnx", "torchscript")
 
+    #: Said by ``train.py predict`` for a model that does not override :meth:`write_predictions`.
+    predict_hint: ClassVar[str] = "it makes no predictions from new inputs"
+
     def write_predictions(self, predictions: list[Any], out_dir: Path, datamodule: Any) -> Path:
         """Turn ``trainer.predict`` outputs into a human-readable file in ``out_dir``; return its path."""
         raise ZooUserError(f"{type(self).__name__} has no predict output format")

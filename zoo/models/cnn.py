@@ -46,6 +46,8 @@ class CNNClassifier(ConfusionMatrixMixin, ClassifierModule):
         kernel_size: conv kernel size (odd).
         batch_norm / dropout / pool: per-block options (``pool`` is ``max``, ``avg`` or ``none``).
         hidden: width of the hidden linear layer before the classifier (0 for none).
+        head_dropout: dropout after the hidden linear layer.
+        global_pool: average-pool the last feature map (size-independent head) instead of flattening it.
         init: ``kaiming`` or ``xavier`` weight initialisation.
         optimizer / lr / weight_decay / momentum / scheduler: the optimisation recipe.
         label_smoothing: cross-entropy label smoothing.
@@ -56,12 +58,14 @@ class CNNClassifier(ConfusionMatrixMixin, ClassifierModule):
         num_classes: int = 10,
         in_channels: int = 1,
         image_size: int = 28,
-        channels: tuple[int, ...] = (32, 64),
+        channels: tuple[int, ...] = (32, 64, 128),
         kernel_size: int = 3,
         batch_norm: bool = True,
         dropout: float = 0.1,
         pool: Literal["max", "avg", "none"] = "max",
         hidden: int = 128,
+        head_dropout: float = 0.3,
+        global_pool: bool = False,
         init: Literal["kaiming", "xavier"] = "kaiming",
         optimizer: OptimizerName = "adamw",
         lr: float = 3e-3,
@@ -81,10 +85,12 @@ class CNNClassifier(ConfusionMatrixMixin, ClassifierModule):
             block_pool = pool if size >= 8 else "none"
             blocks.append(conv_block(c_in, c_out, kernel_size, batch_norm, block_pool, dropout))
             c_in, size = c_out, size // 2 if block_pool != "none" else size
-        head: list[nn.Module] = [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        head: list[nn.Module] = [nn.AdaptiveAvgPool2d(1)] if global_pool else []
+        features = c_in if global_pool else c_in * size * size
+        head.append(nn.Flatten())
         if hidden:
-            head += [nn.Linear(c_in, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout)]
-        head.append(nn.Linear(hidden or c_in, num_classes))
+            head += [nn.Linear(features, hidden), nn.ReLU(inplace=True), nn.Dropout(head_dropout)]
+        head.append(nn.Linear(hidden or features, num_classes))
         self.features, self.head = nn.Sequential(*blocks), nn.Sequential(*head)
         self._init_weights(init)
         self._init_metrics(num_classes, label_smoothing)

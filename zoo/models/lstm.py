@@ -157,7 +157,7 @@ class LSTMForecaster(ZooModule):
         test_start = len(dm.raw) - dm.test_size
         for i, o in enumerate(origin.tolist()):  # non-overlapping windows tile the test block in the plot
             if (o - test_start) % self.hparams.horizon == 0:
-                self._test_plot[o] = {k: v[i].detach().cpu().numpy() for k, v in preds.items()}
+                self._test_plot[o] = {k: v[i].detach().float().cpu().numpy() for k, v in preds.items()}
         return preds
 
     def on_test_epoch_end(self) -> None:
@@ -185,5 +185,5 @@ class LSTMForecaster(ZooModule):
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / "forecast.csv"
-        datamodule.forecast_frame(forecast[-1].numpy()).to_csv(path, index=False, float_format="%.6g")
+        datamodule.forecast_frame(forecast[-1].float().numpy()).to_csv(path, index=False, float_format="%.6g")
         return path

@@ -74,6 +74,8 @@ class StyleTransfer(FrozenLossNetCheckpointMixin, ZooModule):
     """
 
     monitor = None
+    predict_hint = ("it optimises one image per run (the result is artifacts/result_*.png in the run folder); "
+                    "train fast_style to stylise new images with predict")
     supports_multi_device = False
     export_formats = ()
 

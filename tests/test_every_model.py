@@ -1,0 +1,110 @@
+"""One smoke test per registered model, parametrised over ``list_models()`` so every model added later
+is covered: fit on its offline default through train.py, reload the checkpoint, predict, export; and a
+one-batch run with W&B offline and bf16 mixed precision on CPU."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+import torch
+
+import zoo
+from zoo.cli import main
+from zoo.inference import load_zoo_checkpoint
+from zoo.registry import get_model_entry
+
+# Tiny settings per model (everything else is the model's and its DataModule's default).
+TINY: dict[str, list[str]] = {
+    "bert": ["--model.backbone", "scratch", "--data.size", "200"],
+    "gan": ["--model.classifier_epochs", "1"],
+    "style_transfer": ["--data.size", "32", "--data.steps_per_epoch", "2", "--model.lbfgs_iters", "2"],
+    "fast_style": ["--data.size", "32", "--data.samples_per_epoch", "4", "--data.val_samples", "1"],
+    "densenet": ["--model.backbone", "densenet121", "--data.batch_size", "16"],
+}
+LIMITS = ["--max-epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
+          "--trainer.limit_test_batches", "1", "--threads", "1"]
+
+
+def _digits(path: Path) -> Path:
+    from sklearn.datasets import load_digits
+
+    np.save(path / "digits.npy", (load_digits().images[:6] * 255 / 16).astype(np.uint8))
+    return path / "digits.npy"
+
+
+def _texts(path: Path) -> Path:
+    (path / "texts.txt").write_text("a truly wonderful film .\nthe plot is dull and the acting is worse .\n")
+    return path / "texts.txt"
+
+
+def _series(path: Path) -> Path:
+    from zoo.datamodules._ts_transforms import generate_series
+
+    generate_series().to_csv(path / "series.csv", index=False)
+    return path / "series.csv"
+
+
+def _photo(path: Path) -> Path:
+    from PIL import Image
+
+    Image.fromarray((np.random.default_rng(0).random((40, 48, 3)) * 255).astype(np.uint8)).save(path / "p.png")
+    return path / "p.png"
+
+
+# What `train.py predict --input` takes for each default DataModule.
+SAMPLE_INPUT: dict[str, Callable[[Path], Path]] = {
+    "digits": _digits, "digits_rgb": _digits, "sentiment": _texts, "timeseries": _series, "style_content": _photo,
+    "karate": lambda path: path, "style_pair": _photo,
+}
+
+
+def _runs(tmp_path: Path) -> list[str]:
+    return ["--runs-dir", str(tmp_path / "runs")]
+
+
+@pytest.mark.parametrize("name", zoo.list_models())
+def test_fit_reload_predict_export(name: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    entry = get_model_entry(name)
+    assert main(["--model", name, *LIMITS, *TINY.get(name, []), *_runs(tmp_path)]) == 0
+    (metrics_file,) = (tmp_path / "runs" / name).glob("*/metrics.json")
+    metrics = json.loads(metrics_file.read_text())
+    assert any(k.startswith("test/") for k in metrics) or entry.cls.monitor is None
+    ckpt = metrics["best_checkpoint"] or str(metrics_file.parent / "checkpoints" / "last.ckpt")
+    _, model, _, _ = load_zoo_checkpoint(ckpt)
+    example = model.example_input_array
+    if isinstance(example, torch.Tensor):  # the reloaded weights give the trained model's outputs
+        again = load_zoo_checkpoint(ckpt)[1]
+        with torch.no_grad():
+            torch.manual_seed(0)
+            first = model(example)
+            torch.manual_seed(0)
+            assert torch.equal(first, again(example))
+    sample = SAMPLE_INPUT[entry.datamodule](tmp_path)
+    capsys.readouterr()
+    code = main(["predict", "--ckpt-path", ckpt, "--input", str(sample), *_runs(tmp_path)])
+    out, err = capsys.readouterr()
+    if code == 2:  # a model without a sensible prediction says so in one line
+        assert name in err or entry.cls.__name__ in err, err
+    else:
+        assert code == 0 and (out_file := Path(re.search(r"predictions: (\S+)", out).group(1))).exists()
+        assert out_file.stat().st_size > 0
+    for fmt in entry.cls.export_formats:
+        assert main(["export", "--ckpt-path", ckpt, "--format", fmt, *_runs(tmp_path)]) == 0
+        diff = float(re.search(r"example input: ([0-9.e+-]+)", capsys.readouterr().out).group(1))
+        assert diff < 1e-3, (fmt, diff)
+    if not entry.cls.export_formats:
+        assert main(["export", "--ckpt-path", ckpt, "--format", "onnx", *_runs(tmp_path)]) == 2
+        assert "no sensible onnx export" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", zoo.list_models())
+def test_one_batch_with_wandb_offline_and_bf16(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")  # (--fast-dev-run would swap W&B for a dummy logger)
+    args = ["--model", name, "--max-epochs", "1", "--precision", "bf16-mixed", "--logger", "wandb", "--threads", "1",
+            *[f"--trainer.limit_{stage}_batches=1" for stage in ("train", "val", "test")]]
+    assert main([*args, *TINY.get(name, []), *_runs(tmp_path)]) == 0
+    assert list((tmp_path / "runs" / name).glob("*/wandb/offline-run-*/run-*.wandb"))
