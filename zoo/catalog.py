@@ -23,7 +23,9 @@ def _first_sentence(doc: str) -> str:
     return paragraph.split(". ")[0].rstrip(".") + "."
 
 
-def _decorator_args(node: ast.ClassDef, decorator: str = "register_model") -> dict[str, Any] | None:
+def _decorator_args(node: ast.ClassDef, decorator: str = "register_model") -> list[dict[str, Any]]:
+    """One entry per ``@decorator(...)`` on the class (a class may be registered under several names)."""
+    entries = []
     for deco in node.decorator_list:
         if isinstance(deco, ast.Call) and getattr(deco.func, "id", getattr(deco.func, "attr", "")) == decorator:
             entry = {"name": ast.literal_eval(deco.args[0]), "aliases": (), "defaults": {}, "class": node.name,
@@ -34,8 +36,8 @@ def _decorator_args(node: ast.ClassDef, decorator: str = "register_model") -> di
                     entry[kw.arg] = tuple(value) if kw.arg == "aliases" else value
                 else:
                     entry["defaults"][kw.arg] = value
-            return entry
-    return None
+            entries.append(entry)
+    return entries
 
 
 def _scan(folder: Path, decorator: str) -> list[dict[str, Any]]:
@@ -43,9 +45,9 @@ def _scan(folder: Path, decorator: str) -> list[dict[str, Any]]:
     for path in sorted(folder.glob("*.py")):
         tree = ast.parse(path.read_text(), filename=str(path))
         for node in ast.walk(tree):
-            if isinstance(node, ast.ClassDef) and (entry := _decorator_args(node, decorator)) is not None:
-                entry["module"] = f"zoo.{folder.name}.{path.stem}"
-                entries.append(entry)
+            if isinstance(node, ast.ClassDef):
+                for entry in _decorator_args(node, decorator):
+                    entries.append({**entry, "module": f"zoo.{folder.name}.{path.stem}"})
     return sorted(entries, key=lambda e: e["name"])
 
 
@@ -66,3 +68,13 @@ def format_listing(entries: list[dict[str, Any]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     table = "\n".join(f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}" for r in rows)
     return table + "\n\ndata (--data NAME): " + ", ".join(e["name"] for e in scan_datamodules())
+
+
+def check_model_name(name: str) -> None:
+    """Fail fast (before torch is imported) on a model name that is neither registered nor an alias."""
+    from zoo.registry import UnknownNameError, close_matches_message
+
+    entries = scan_models()
+    known = {e["name"] for e in entries} | {a for e in entries for a in e["aliases"]}
+    if name not in known:
+        raise UnknownNameError(close_matches_message(name, sorted(known), "model"))

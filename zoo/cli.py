@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
-from zoo.catalog import format_listing, scan_models
+from zoo.catalog import check_model_name, format_listing, scan_models
 from zoo.errors import ZooUserError
 from zoo.registry import UnknownNameError
 
@@ -142,7 +142,10 @@ def main(argv: list[str] | None = None) -> int:
     except ZooUserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except (UnknownNameError, argparse.ArgumentError) as exc:  # unknown names; jsonargparse type errors
+    except UnknownNameError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except argparse.ArgumentError as exc:  # jsonargparse: a value of the wrong type, an unknown key
         message = re.sub(r'Parser key "([^"]+)":', r"--\1:", " ".join(str(exc).split()))
         print(f"error: {message} (see `python train.py --model NAME --help`)", file=sys.stderr)
         return 2
@@ -171,6 +174,7 @@ def _main(argv: list[str]) -> int:
             print(USAGE + "\nmodels:\n" + format_listing(scan_models()))
             return 0
         raise ZooUserError("no model given; pass --model NAME (see `python train.py --list`)")
+    check_model_name(model_name)
     unknown = [e for e in extras if e.startswith("-") and not e.startswith(("--model.", "--data.", "--trainer."))
                and e.split("=")[0] not in ("--seed_everything", "--print_config")]
     if unknown:

@@ -79,6 +79,13 @@ def register_datamodule(name: str, aliases: tuple[str, ...] | list[str] = ()) ->
     return wrap
 
 
+def close_matches_message(name: str, known: list[str], kind: str) -> str:
+    """``unknown model 'cnnn'; did you mean cnn?`` (or the full list when nothing is close)."""
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+    hint = f"did you mean {', '.join(close)}?" if close else f"known {kind}s: {', '.join(known)}"
+    return f"unknown {kind} '{name}'; {hint} (see `python train.py --list`)"
+
+
 def ensure_registered() -> None:
     """Import every model and DataModule module so that their decorators have run."""
     import zoo.datamodules  # noqa: F401
@@ -90,10 +97,7 @@ def _resolve(name: str, table: dict, aliases: dict, kind: str) -> str:
         return name
     if name in aliases:
         return aliases[name]
-    known = sorted([*table, *aliases])
-    close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
-    hint = f"did you mean {', '.join(close)}?" if close else f"known {kind}s: {', '.join(known)}"
-    raise UnknownNameError(f"unknown {kind} '{name}'; {hint} (see `python train.py --list`)")
+    raise UnknownNameError(close_matches_message(name, sorted([*table, *aliases]), kind))
 
 
 def get_model_entry(name: str) -> ModelEntry:

@@ -20,6 +20,7 @@ from lightning.pytorch import callbacks as cb
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
+from zoo.callbacks.nan_guard import NanGuard
 from zoo.callbacks.run import EpochSeeder, InterruptCheckpoint, ZooMetadata
 from zoo.cli import device_settings
 from zoo.errors import ZooUserError
@@ -97,6 +98,7 @@ class ZooCLI(LightningCLI):
             cb.LearningRateMonitor(logging_interval="epoch"),
             ZooMetadata(self.entry.name, self.data_name),
             EpochSeeder(),
+            NanGuard(),
             cb.Timer(),
         ]
         patience = args.patience if args.patience is not None else self.model.default_patience
