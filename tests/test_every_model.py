@@ -58,7 +58,7 @@ def _photo(path: Path) -> Path:
 # What `train.py predict --input` takes for each default DataModule.
 SAMPLE_INPUT: dict[str, Callable[[Path], Path]] = {
     "digits": _digits, "digits_rgb": _digits, "sentiment": _texts, "timeseries": _series, "style_content": _photo,
-    "karate": lambda path: path, "style_pair": _photo,
+    "karate": lambda path: path, "style_pair": _photo, "ring2d": lambda path: path,
 }
 
 

@@ -151,7 +151,11 @@ def fit_and_test(model_name: str, data_name: str | None, args: argparse.Namespac
             trainer.logger.watch(cli.model, log="gradients")
         signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
         start = time.perf_counter()
-        trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.resume_ckpt)
+        try:
+            trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.resume_ckpt)
+        except SystemExit:  # Lightning exits with 1 after a graceful Ctrl-C / SIGTERM shutdown
+            if not trainer.interrupted:
+                raise
     except ZooUserError:
         cli.cleanup()
         raise

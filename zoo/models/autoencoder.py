@@ -47,6 +47,8 @@ class Autoencoder(PixelSpaceMixin, ZooModule):
     """
 
     monitor, monitor_mode = "val/loss", "min"
+    predict_hint = ("its reconstructions and samples are the PNGs in the run's artifacts/; from Python, "
+                    "Autoencoder.load_from_checkpoint(path)(images) reconstructs")
     latent_factor = 1  # the encoder outputs latent_dim * latent_factor numbers
 
     def __init__(self, num_classes: int = 10, in_channels: int = 1, image_size: int = 8,

@@ -68,6 +68,8 @@ class GANBase(ZooModule):
     """
 
     monitor = None  # no natural validation loss: the CLI skips early stopping and keeps the last checkpoint
+    predict_hint = ("a GAN generates from noise, not from inputs: its samples are the PNGs in the run's artifacts/; "
+                    "from Python, GAN.load_from_checkpoint(path)(torch.randn(n, latent_dim)) generates n more")
     export_formats = ("onnx", "torchscript")
 
     def _setup_gan(self, latent_dim: int, loss: str, n_critic: int | None) -> None:
