@@ -115,8 +115,9 @@ def translate(args: argparse.Namespace, extras: list[str]) -> list[str]:
     return out + extras
 
 
-def device_settings(gpus: int | None, num_nodes: int | None, multi_device_ok: bool, model: str) -> dict[str, Any]:
-    """Trainer accelerator/devices/strategy for ``--gpus N`` (None: auto, one device)."""
+def device_settings(gpus: int | None, num_nodes: int | None) -> dict[str, Any]:
+    """Trainer accelerator/devices/strategy for ``--gpus N`` (None: auto, one device). Models that
+    cannot use several devices are refused after parsing, where ``--trainer.devices`` is seen too."""
     if gpus is None:
         return {"accelerator": "auto", "devices": 1}
     if gpus < 0:
@@ -129,8 +130,6 @@ def device_settings(gpus: int | None, num_nodes: int | None, multi_device_ok: bo
     if gpus > available:
         raise ZooUserError(f"--gpus {gpus} asked for {gpus} GPU(s) but {available} is/are available on this "
                            "machine; use --gpus 0 for CPU or leave --gpus out")
-    if (gpus > 1 or (num_nodes or 1) > 1) and not multi_device_ok:
-        raise ZooUserError(f"model '{model}' trains on a single device only; use --gpus 1")
     return {"accelerator": "gpu", "devices": gpus, "strategy": "ddp" if gpus > 1 or (num_nodes or 1) > 1 else "auto"}
 
 

@@ -59,7 +59,7 @@ def run_predict(args: argparse.Namespace) -> int:
     dm = load_datamodule(ckpt, entry)
     loader = dm.predict_input(args.input)
     out_dir = new_run_dir(args.runs_dir, f"{entry.name}-predict", args.output_dir)
-    trainer = L.Trainer(**device_settings(args.gpus, None, True, entry.name), logger=False, enable_checkpointing=False,
+    trainer = L.Trainer(**device_settings(args.gpus, None), logger=False, enable_checkpointing=False,
                         enable_model_summary=False, enable_progress_bar=False, default_root_dir=out_dir)
     predictions = trainer.predict(model, dataloaders=loader)
     path = model.write_predictions(predictions, out_dir, dm)

@@ -20,7 +20,7 @@ from zoo.errors import ZooUserError
 
 Pretrained = Literal["auto", "true", "false"]
 
-__all__ = ["Pretrained", "resolve_weights", "load_state_dict_file", "load_matching"]
+__all__ = ["Pretrained", "resolve_weights", "load_state_dict_file", "load_matching", "state_dict_mismatch"]
 
 
 def _flag(pretrained: Pretrained | bool) -> str:
@@ -51,18 +51,27 @@ def load_state_dict_file(path: str | Path, prefix: str = "") -> dict[str, torch.
     return state
 
 
+def state_dict_mismatch(own: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor],
+                        strict: bool = True) -> str:
+    """What keeps ``theirs`` from loading into a module with state ``own``: "" when it fits, else
+    ``missing: a, b ... (n); unexpected: ...; shape mismatch: k (3, 4) vs (3, 5) (1)``. Missing and
+    unexpected keys only count when ``strict``."""
+    missing = [k for k in own if k not in theirs]
+    unexpected = [k for k in theirs if k not in own]
+    shapes = [f"{k} {tuple(theirs[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+              if k in theirs and theirs[k].shape != v.shape]
+    if not (shapes or (strict and (missing or unexpected))):
+        return ""
+    return "; ".join(f"{label}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''} ({len(keys)})"
+                     for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes))
+                     if keys)
+
+
 def load_matching(module: nn.Module, state: dict[str, torch.Tensor], what: str, strict: bool = True) -> None:
     """Load ``state`` into ``module``; on a mismatch, a user error naming the keys that do not fit."""
-    own = module.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
-              if k in state and state[k].shape != v.shape]
-    if shapes or (strict and (missing or unexpected)):
-        parts = [f"{label}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''} ({len(keys)})"
-                 for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes))
-                 if keys]
-        raise ZooUserError(f"weights do not fit {what}: {'; '.join(parts)}")
+    problem = state_dict_mismatch(module.state_dict(), state, strict)
+    if problem:
+        raise ZooUserError(f"weights do not fit {what}: {problem}")
     module.load_state_dict(state, strict=strict)
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from zoo.errors import ZooUserError
+from zoo.pretrained import state_dict_mismatch
 
 __all__ = ["new_run_dir", "resolve_resume", "check_checkpoint", "build_logger", "write_metrics"]
 
@@ -86,13 +87,8 @@ def check_checkpoint(path: Path, model: torch.nn.Module, model_name: str) -> dic
     saved = ckpt.get("zoo", {}).get("model")
     if saved is not None and saved != model_name:
         raise ZooUserError(f"checkpoint '{path}' is for model '{saved}', not '{model_name}'; use --model {saved}")
-    own, theirs = model.state_dict(), ckpt["state_dict"]
-    missing = [k for k in own if k not in theirs]
-    unexpected = [k for k in theirs if k not in own]
-    shapes = [k for k in own if k in theirs and own[k].shape != theirs[k].shape]
-    if missing or unexpected or shapes:
-        detail = "; ".join(f"{label}: {', '.join(keys[:3])}" for label, keys in
-                           (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)) if keys)
+    detail = state_dict_mismatch(model.state_dict(), ckpt["state_dict"])
+    if detail:
         raise ZooUserError(f"checkpoint '{path}' does not fit this {model_name} configuration ({detail}); "
                            "use the hyperparameters it was trained with (its run folder has config.yaml)")
     return ckpt

@@ -63,7 +63,8 @@ class ZooCLI(LightningCLI):
         multi = cfg.trainer.num_nodes > 1 or (isinstance(devices, int) and devices > 1) or (
             isinstance(devices, (list, tuple)) and len(devices) > 1)
         if multi and not self.entry.cls.supports_multi_device:
-            raise ZooUserError(f"model '{self.entry.name}' trains on a single device only; use one device")
+            raise ZooUserError(f"model '{self.entry.name}' trains on a single device only; use --gpus 1 "
+                              "(or one --trainer.devices)")
         if args.ckpt_path:
             self.resume_ckpt, self.run_dir = resolve_resume(args.ckpt_path, args.runs_dir, self.entry.name)
         elif os.environ.get(RUN_DIR_ENV) and int(os.environ.get("LOCAL_RANK", "0")) > 0:
@@ -111,7 +112,7 @@ class ZooCLI(LightningCLI):
 
 
 def _trainer_defaults(entry: ModelEntry, args: argparse.Namespace) -> dict[str, Any]:
-    settings = device_settings(args.gpus, args.num_nodes, entry.cls.supports_multi_device, entry.name)
+    settings = device_settings(args.gpus, args.num_nodes)
     return {"log_every_n_steps": 10, "max_epochs": 20, **entry.cls.trainer_defaults, **settings}
 
 
@@ -129,7 +130,6 @@ def fit_and_test(model_name: str, data_name: str | None, args: argparse.Namespac
     """Fit, test the best checkpoint, write metrics.json; return the exit code."""
     entry = get_model_entry(model_name)
     data_name = data_name or entry.datamodule
-    get_datamodule_class(data_name)  # unknown data names fail before anything is created
     argv, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI reads `cli_args` only (DDP workers re-run argv)
     try:
         cli = ZooCLI(entry, data_name, args, run=False, args=cli_args, save_config_callback=None,
