@@ -46,7 +46,12 @@ def test_list_and_help_without_torch_import() -> None:
 def test_model_help_lists_hyperparameters() -> None:
     out = subprocess.run([sys.executable, "train.py", "--model", "cnn", "--help"], cwd=REPO, capture_output=True,
                          text=True)
-    assert out.returncode == 0 and "--model.lr" in out.stdout and "--data.batch_size" in out.stdout
+    assert out.returncode == 0 and "--model.lr (float, default 0.003)" in out.stdout
+    assert "--data.batch_size (int, default 64)" in out.stdout and "--model.num_classes (int, default 10, from the data)" \
+        in out.stdout
+    code = "import sys, zoo.cli; zoo.cli.main(['--model', 'gnn', '--data', 'cora', '--help']); assert 'torch' not in sys.modules"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert "--model.heads" in out.stdout and "--data.split" in out.stdout
 
 
 def test_bad_input_is_one_line_exit_2_without_traceback(tmp_path: Path) -> None:

@@ -9,12 +9,15 @@ import pytest
 import torch
 
 import zoo
-from zoo.catalog import scan_datamodules, scan_models
+import ast
+import inspect
+
+from zoo.catalog import class_attribute, init_params, scan_datamodules, scan_models
 from zoo.datamodules.base import TensorBatchLoader
 from zoo.datamodules.images import DigitsDataModule, MNISTDataModule, read_idx
 from zoo.errors import ZooUserError
 from zoo.models.cnn import CNNClassifier
-from zoo.registry import UnknownNameError, get_model_entry
+from zoo.registry import UnknownNameError, get_datamodule_class, get_model_entry
 
 
 def test_registry_creates_models_and_datamodules() -> None:
@@ -40,6 +43,41 @@ def test_fast_catalog_matches_runtime_registry() -> None:
     for name, e in scanned.items():
         entry = get_model_entry(name)
         assert (e["datamodule"], e["aliases"], e["defaults"]) == (entry.datamodule, entry.aliases, entry.defaults)
+
+
+def _runtime_params(cls: type) -> dict[str, object]:
+    """Constructor arguments of ``cls`` and, while a signature ends in ``**kwargs``, of its bases."""
+    params: dict[str, object] = {}
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        sig = inspect.signature(klass.__init__).parameters.values()
+        for p in sig:
+            if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+                params.setdefault(p.name, p.default)
+        if not any(p.kind is p.VAR_KEYWORD for p in sig):
+            return params
+    return params
+
+
+@pytest.mark.parametrize("kind", ["model", "datamodule"])
+def test_fast_help_signatures_match_the_classes(kind: str) -> None:
+    """`--model NAME --help` reads __init__ with ast; it must agree with the imported classes."""
+    entries = scan_models() if kind == "model" else scan_datamodules()
+    for e in entries:
+        cls = get_model_entry(e["name"]).cls if kind == "model" else get_datamodule_class(e["name"])
+        fast = {p.name: p.default for p in init_params(e["class"])}
+        runtime = _runtime_params(cls)
+        assert list(fast) == list(runtime), e["name"]
+        for name, default in fast.items():
+            expected = runtime[name]
+            if default is None:
+                assert expected is inspect.Parameter.empty, (e["name"], name)
+            else:
+                value = ast.literal_eval(default)
+                assert value == expected or (isinstance(expected, tuple) and list(expected) == value), (e["name"], name)
+        if kind == "datamodule":
+            assert tuple(class_attribute(e["class"], "link_fields") or ()) == tuple(cls.link_fields)
 
 
 def test_digits_split_is_disjoint_stratified_and_seeded() -> None:

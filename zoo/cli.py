@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
-from zoo.catalog import check_model_name, format_listing, scan_models
+from zoo.catalog import check_model_name, format_listing, format_model_help, scan_models
 from zoo.errors import ZooUserError
 from zoo.registry import UnknownNameError
 
@@ -31,6 +31,7 @@ USAGE = """usage: train.py [fit|predict|export] --model NAME [--data NAME] [--gp
                 [--model.<hparam> V] [--data.<hparam> V] [--trainer.<arg> V]
        train.py --list
        train.py --model NAME --help        (every hyperparameter with its default)
+       train.py --model NAME --help-full   (LightningCLI's complete help, Trainer included)
        train.py predict --ckpt-path PATH --input PATH
        train.py export --ckpt-path PATH --format onnx|torchscript
 
@@ -73,6 +74,7 @@ def zoo_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("onnx", "torchscript"))
     p.add_argument("--list", action="store_true")
     p.add_argument("-h", "--help", action="store_true")
+    p.add_argument("--help-full", action="store_true")
     return p
 
 
@@ -174,11 +176,14 @@ def _main(argv: list[str]) -> int:
             return 0
         raise ZooUserError("no model given; pass --model NAME (see `python train.py --list`)")
     check_model_name(model_name)
+    if args.help and not args.help_full:
+        print(format_model_help(model_name, data_name))
+        return 0
     unknown = [e for e in extras if e.startswith("-") and not e.startswith(("--model.", "--data.", "--trainer."))
                and e.split("=")[0] not in ("--seed_everything", "--print_config")]
     if unknown:
         raise ZooUserError(f"unknown option {unknown[0]} (see `python train.py --help`)")
     from zoo.training import fit_and_test
 
-    cli_args = translate(args, extras) + (["--help"] if args.help else [])
+    cli_args = translate(args, extras) + (["--help"] if args.help_full else [])
     return fit_and_test(model_name, data_name, args, cli_args)
