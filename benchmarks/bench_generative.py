@@ -67,7 +67,7 @@ def bench_ring(args: argparse.Namespace, tmp: Path) -> dict:
 
 def bench_gan(args: argparse.Namespace, tmp: Path) -> dict:
     L.seed_everything(0, verbose=False)
-    dm = MNISTDataModule(data_dir=args.data_dir, batch_size=128)
+    dm = MNISTDataModule(data_dir=args.data_dir, batch_size=128, augment="none")
     model = GAN(num_classes=10, in_channels=1, image_size=28, latent_dim=64, g_width=32, d_width=32, lr=2e-4,
                 classifier_epochs=1, sample_every=1)
     out, fit_s = fit_test(model, dm, tmp / "gan", max_time={"minutes": args.gan_minutes}, max_epochs=100,
@@ -84,7 +84,7 @@ def bench_gan(args: argparse.Namespace, tmp: Path) -> dict:
 
 def bench_ae(args: argparse.Namespace, tmp: Path) -> dict:
     L.seed_everything(0, verbose=False)
-    dm = MNISTDataModule(data_dir=args.data_dir, batch_size=128)
+    dm = MNISTDataModule(data_dir=args.data_dir, batch_size=128, augment="none")
     model = Autoencoder(num_classes=10, in_channels=1, image_size=28, arch="conv", latent_dim=16, width=16,
                         anomaly_classes=(args.anomaly_digit,), sample_every=args.ae_epochs)
     out, fit_s = fit_test(model, dm, tmp / "ae", max_epochs=args.ae_epochs)

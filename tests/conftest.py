@@ -44,3 +44,21 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is not present")
     return SHARED_DATA
+
+
+@pytest.fixture
+def build_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Any]:
+    """``build_cli(model, data, *cli_args)``: the CLI's model, DataModule and Trainer, built but not run."""
+    from zoo.cli import zoo_parser
+    from zoo.registry import get_model_entry
+    from zoo.training import ZooCLI, _trainer_defaults
+
+    monkeypatch.setattr("sys.argv", ["train.py"])  # as fit_and_test does: LightningCLI reads only `args`
+
+    def build(model: str, data: str, *cli_args: str) -> ZooCLI:
+        entry = get_model_entry(model)
+        args = zoo_parser().parse_args(["--runs-dir", str(tmp_path / "runs")])
+        return ZooCLI(entry, data, args, run=False, args=list(cli_args), save_config_callback=None,
+                      trainer_defaults=_trainer_defaults(entry, args), parser_kwargs={"exit_on_error": False})
+
+    return build

@@ -226,3 +226,32 @@ def test_nan_guard_stops_before_checkpointing(make_trainer, tmp_path):
         trainer.fit(_Exploding(), data)
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["step=1.ckpt", "step=2.ckpt"]
     assert isinstance(NonFiniteLossError("x"), ZooUserError)
+
+
+@pytest.mark.parametrize("model,augment", [("gan", "none"), ("autoencoder", "none"), ("vae", "none"), ("cnn", "shift")])
+def test_generative_models_learn_unaugmented_images(build_cli, model: str, augment: str) -> None:
+    """MNIST's preset augments (random shift) for classifiers; GANs and autoencoders get the images as they are."""
+    cli = build_cli(model, "mnist", "--data.data_dir=/nonexistent")
+    assert cli.datamodule.augment == augment
+    assert build_cli(model, "mnist", "--data.data_dir=/x", "--data.augment=flip_shift").datamodule.augment == "flip_shift"
+
+
+def test_augmenting_datamodule_warns_a_generative_model(make_trainer) -> None:
+    dm = DigitsDataModule(batch_size=32, augment="shift")
+    with pytest.warns(UserWarning, match="will learn the augmented images"):
+        make_trainer(max_steps=1, limit_val_batches=0).fit(GAN(latent_dim=8, sample_every=0), dm)
+
+
+def test_ema_generator_is_what_checkpoints_and_evaluation_use(make_trainer, tmp_path) -> None:
+    """With ema_decay the saved state_dict is Lightning's weight average; the running weights are kept for resuming."""
+    L.seed_everything(0)
+    with pytest.raises(ZooUserError, match="ema_decay must be in"):
+        PointGAN(ema_decay=1.0)
+    model = PointGAN(hidden=(16,), ema_decay=0.5, sample_every=0, num_eval_samples=64)
+    ckpt = ModelCheckpoint(dirpath=tmp_path, save_last=True)
+    make_trainer(max_steps=6, limit_val_batches=0, enable_checkpointing=True, callbacks=[ckpt]).fit(
+        model, Ring2DDataModule(num_train=512, num_val=64, num_test=64, batch_size=64))
+    saved = torch.load(ckpt.last_model_path, weights_only=False)
+    key = next(k for k in saved["state_dict"] if k.startswith("generator") and k.endswith("weight"))
+    assert not torch.equal(saved["state_dict"][key], saved["current_model_state"][key])  # average != running
+    assert torch.equal(model.state_dict()[key], saved["state_dict"][key])  # after fit the model holds the average

@@ -194,3 +194,21 @@ def test_cora_public_split_read_only(shared_data, tmp_path):
     link = CoraLinkDataModule(data_dir=str(shared_data), cache_dir=str(tmp_path))
     link.setup("fit")
     assert not _edges(link.splits["test"].pos_edge_label_index) & _edges(link.splits["test"].edge_index)
+
+
+def test_gat_keeps_the_paper_budget_and_selection_unless_told(tmp_path: Path, build_cli) -> None:
+    """GAT (node task) selects on val/loss with a 1000-epoch budget; GCN keeps 200 epochs and val/acc;
+    an explicit --trainer.max_epochs or -c config wins over the model's refinement."""
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    def stopper(cli) -> EarlyStopping:
+        return next(c for c in cli.trainer.callbacks if isinstance(c, EarlyStopping))
+
+    gat = build_cli("gnn", "karate", "--model.conv=gat")
+    assert gat.trainer.max_epochs == 1000 and (stopper(gat).monitor, stopper(gat).mode) == ("val/loss", "min")
+    gcn = build_cli("gnn", "karate")
+    assert gcn.trainer.max_epochs == 200 and stopper(gcn).monitor == "val/acc"
+    assert build_cli("gnn", "karate", "--model.conv=gat", "--trainer.max_epochs=7").trainer.max_epochs == 7
+    config = tmp_path / "cfg.yaml"
+    config.write_text("trainer:\n  max_epochs: 9\n")
+    assert build_cli("gnn", "karate", f"--config={config}", "--model.conv=gat").trainer.max_epochs == 9

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -42,10 +42,22 @@ def pixel_stats(datamodule: Any) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class PixelSpaceMixin:
-    """LightningModule mixin: ``to_unit(x)`` maps the attached DataModule's batches to pixels in [0, 1]."""
+    """LightningModule mixin: ``to_unit(x)`` maps the attached DataModule's batches to pixels in [0, 1].
+
+    Generative models learn the images as they are: the CLI turns the DataModule's augmentation off
+    (``data_defaults``), and a DataModule that augments anyway gets a warning at setup.
+    """
+
+    data_defaults: ClassVar[dict[str, Any]] = {"augment": "none"}
 
     def setup(self, stage: str) -> None:
-        self._pixel_stats = pixel_stats(getattr(self.trainer, "datamodule", None))
+        dm = getattr(self.trainer, "datamodule", None)
+        self._pixel_stats = pixel_stats(dm)
+        if stage == "fit" and getattr(dm, "augment", "none") != "none":
+            from lightning.pytorch.utilities import rank_zero_warn
+
+            rank_zero_warn(f"{type(dm).__name__} augments its training images (augment='{dm.augment}'): "
+                           f"{type(self).__name__} will learn the augmented images; pass augment='none' unless intended")
 
     def to_unit(self, x: torch.Tensor) -> torch.Tensor:
         mean, std = getattr(self, "_pixel_stats", None) or pixel_stats(None)

@@ -42,7 +42,18 @@ class ZooCLI(LightningCLI):
         self.run_dir: Path | None = None
         self.created_run_dir = False
         self.resume_ckpt: Path | None = None
+        self.cli_args: list[str] = list(kwargs.get("args") or [])
         super().__init__(entry.cls, get_datamodule_class(data_name), **kwargs)
+
+    def user_set_trainer(self, key: str) -> bool:
+        """Whether the command line or a ``-c`` config sets ``trainer.<key>`` explicitly."""
+        import yaml
+
+        flag = f"--trainer.{key}"
+        if any(a == flag or a.startswith(flag + "=") for a in self.cli_args):
+            return True
+        configs = [Path(a.split("=", 1)[1]) for a in self.cli_args if a.startswith("--config=")]
+        return any(key in ((yaml.safe_load(c.read_text()) or {}).get("trainer") or {}) for c in configs)
 
     def add_arguments_to_parser(self, parser: Any) -> None:
         parser.add_argument("--zoo.model", default=self.entry.name, help="registered model name (informational)")
@@ -56,6 +67,7 @@ class ZooCLI(LightningCLI):
             if field in params and field not in from_model:
                 parser.link_arguments(f"data.{field}", f"model.{field}", apply_on="instantiate")
         parser.set_defaults({f"model.{k}": v for k, v in self.entry.defaults.items()})
+        parser.set_defaults({f"data.{k}": v for k, v in self.entry.cls.data_defaults.items() if k in data_params})
 
     def before_instantiate_classes(self) -> None:
         args, cfg = self.zoo_args, self.config
@@ -108,7 +120,9 @@ class ZooCLI(LightningCLI):
         user_logger = self.config.trainer.logger not in (None, True)
         logger = None if user_logger else build_logger(args, self.run_dir, self.entry.name)
         self.trainer_defaults = {**self.trainer_defaults, "callbacks": callbacks}
-        return super().instantiate_trainer(**({} if user_logger else {"logger": logger}), **kwargs)
+        refined = {k: v for k, v in self.model.trainer_defaults.items()  # e.g. GAT's longer budget than GCN's
+                   if self.entry.cls.trainer_defaults.get(k) != v and not self.user_set_trainer(k)}
+        return super().instantiate_trainer(**({} if user_logger else {"logger": logger}), **refined, **kwargs)
 
 
 def _trainer_defaults(entry: ModelEntry, args: argparse.Namespace) -> dict[str, Any]:

@@ -62,8 +62,11 @@ class ZooModule(L.LightningModule):
     supports_multi_device: ClassVar[bool] = True
     #: Early-stopping patience (validation checks) the CLI uses unless ``--patience`` is given.
     default_patience: ClassVar[int] = 5
-    #: Trainer defaults of this model for the CLI (e.g. ``{"max_epochs": 200}``); flags still win.
+    #: Trainer defaults of this model for the CLI (e.g. ``{"max_epochs": 200}``); flags still win. An instance
+    #: may refine them from its hyper-parameters (the CLI applies those after building the model).
     trainer_defaults: ClassVar[dict[str, Any]] = {}
+    #: DataModule arguments this model's CLI runs default to, where the DataModule has them (flags still win).
+    data_defaults: ClassVar[dict[str, Any]] = {}
     #: Export formats that make sense for this model (``train.py export``); () for none.
     export_formats: ClassVar[tuple[str, ...]] = ("onnx", "torchscript")
 

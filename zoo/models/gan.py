@@ -72,8 +72,10 @@ class GANBase(ZooModule):
                     "from Python, GAN.load_from_checkpoint(path)(torch.randn(n, latent_dim)) generates n more")
     export_formats = ("onnx", "torchscript")
 
-    def _setup_gan(self, latent_dim: int, loss: str, n_critic: int | None) -> None:
+    def _setup_gan(self, latent_dim: int, loss: str, n_critic: int | None, ema_decay: float = 0.0) -> None:
         check_latent_dim(latent_dim)
+        if not 0.0 <= ema_decay < 1.0:
+            raise ZooUserError(f"ema_decay must be in [0, 1) (0: off, e.g. 0.999), got {ema_decay}")
         if loss not in ("bce", "hinge", "wgan-gp"):
             raise ZooUserError(f"unknown GAN loss '{loss}'; choose bce, hinge or wgan-gp")
         self.n_critic = n_critic if n_critic is not None else (5 if loss == "wgan-gp" else 1)
@@ -84,6 +86,14 @@ class GANBase(ZooModule):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.generator(z)
+
+    def weight_averaging(self) -> list:
+        """Lightning's EMA of the weights when ``ema_decay`` > 0: validation, test and the saved checkpoints
+        use the averaged generator (the running weights stay in the checkpoint for resuming)."""
+        from lightning.pytorch.callbacks import EMAWeightAveraging
+
+        decay = self.hparams.get("ema_decay", 0.0)
+        return [EMAWeightAveraging(decay=decay)] if decay > 0 else []
 
     def sample_latent(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         return torch.randn(n, self.hparams.latent_dim, generator=generator).to(self.device)
@@ -153,6 +163,8 @@ class GAN(PixelSpaceMixin, GANBase):
         lr / lr_d / beta1 / beta2: Adam for G (and D; ``lr_d`` defaults to ``lr``).
         classifier_ckpt: a zoo ``cnn`` checkpoint on the same data for the test metrics; when unset a
             CNN is trained on the train split at test time for ``classifier_epochs`` epochs.
+        ema_decay: exponential moving average of the weights (Lightning's ``EMAWeightAveraging``) used for
+            validation, test and checkpoints; 0 turns it off.
         sample_every: write sample and interpolation grids every N epochs (0: never).
     """
 
@@ -161,10 +173,10 @@ class GAN(PixelSpaceMixin, GANBase):
                  n_critic: int | None = None, gp_weight: float = 10.0, r1_weight: float = 0.0, lr: float = 5e-4,
                  lr_d: float | None = None,
                  beta1: float = 0.5, beta2: float = 0.999, classifier_ckpt: str | None = None,
-                 classifier_epochs: int = 10, sample_every: int = 5) -> None:
+                 classifier_epochs: int = 10, ema_decay: float = 0.0, sample_every: int = 5) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self._setup_gan(latent_dim, loss, n_critic)
+        self._setup_gan(latent_dim, loss, n_critic, ema_decay)
         if d_norm == "batch" and loss == "wgan-gp":
             raise ZooUserError("WGAN-GP's gradient penalty is invalid with batch norm in D; use --model.d_norm layer")
         self.generator = DCGANGenerator(latent_dim, in_channels, image_size, g_width, out_activation="tanh")
@@ -182,7 +194,7 @@ class GAN(PixelSpaceMixin, GANBase):
         from zoo.callbacks.samplers import LatentInterpolation, SampleGrid
 
         every = self.hparams.sample_every
-        return [SampleGrid(every), LatentInterpolation(every)] if every > 0 else []
+        return self.weight_averaging() + ([SampleGrid(every), LatentInterpolation(every)] if every > 0 else [])
 
     def on_test_epoch_start(self) -> None:
         dm = getattr(self.trainer, "datamodule", None)
@@ -218,6 +230,7 @@ class PointGAN(GANBase):
         Defaults (two-time-scale Adam, PacGAN-2, R1) cover all 8 ``ring2d`` modes; a plain GAN
         (``--model.pack 1 --model.r1_weight 0``) collapses to one or two.
         num_eval_samples: generated points scored against the mode centres at val/test.
+        ema_decay: as for ``gan``.
         sample_every: write a scatter plot of samples every N epochs (0: never).
     """
 
@@ -226,10 +239,10 @@ class PointGAN(GANBase):
     def __init__(self, latent_dim: int = 16, hidden: tuple[int, ...] = (128, 128, 128), loss: GANLoss = "bce",
                  n_critic: int | None = None, gp_weight: float = 0.1, r1_weight: float = 0.1, pack: int = 2,
                  lr: float = 2e-4, lr_d: float | None = 8e-4, beta1: float = 0.5, beta2: float = 0.999,
-                 num_eval_samples: int = 2500, sample_every: int = 5) -> None:
+                 num_eval_samples: int = 2500, ema_decay: float = 0.0, sample_every: int = 5) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self._setup_gan(latent_dim, loss, n_critic)
+        self._setup_gan(latent_dim, loss, n_critic, ema_decay)
         if pack < 1:
             raise ZooUserError(f"pack must be >= 1, got {pack}")
         self.generator = mlp(latent_dim, hidden, 2, "relu")
@@ -246,7 +259,8 @@ class PointGAN(GANBase):
     def configure_callbacks(self) -> list:
         from zoo.callbacks.samplers import SampleGrid
 
-        return [SampleGrid(self.hparams.sample_every)] if self.hparams.sample_every > 0 else []
+        every = self.hparams.sample_every
+        return self.weight_averaging() + ([SampleGrid(every)] if every > 0 else [])
 
     def _score(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None)
