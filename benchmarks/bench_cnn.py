@@ -2,14 +2,16 @@
 model, optimiser, schedule, batch size and data pipeline in a plain PyTorch loop.
 
 Prints test accuracy and seconds per epoch (training + validation passes, after data loading) for
-both and their ratio.
+both and their ratio. This machine's speed drifts by several per cent over minutes, so with
+``--reps 2`` the runs alternate (plain, zoo, zoo, plain) and the ratio compares the means.
 
-    python benchmarks/bench_cnn.py --data-dir ../shared/data --epochs 3
+    python benchmarks/bench_cnn.py --data-dir ../shared/data --epochs 3 --reps 2
 """
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -79,15 +81,22 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--logger", default="csv", help="logger for the zoo run (csv, wandb, tensorboard)")
+    parser.add_argument("--reps", type=int, default=1, help="repetitions, alternating which of the two runs first")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    plain = plain_loop(args.data_dir, args.epochs, args.batch_size, args.seed)
-    zoo = zoo_run(args.data_dir, args.epochs, args.batch_size, args.seed, ["--logger", args.logger])
-    print(f"\nMNIST, {args.epochs} epochs, batch {args.batch_size}, {args.threads} threads")
+    runs: dict[str, list[dict[str, float]]] = {"plain": [], "zoo": []}
+    for rep in range(args.reps):
+        for name in ("plain", "zoo") if rep % 2 == 0 else ("zoo", "plain"):
+            runs[name].append(plain_loop(args.data_dir, args.epochs, args.batch_size, args.seed) if name == "plain"
+                              else zoo_run(args.data_dir, args.epochs, args.batch_size, args.seed,
+                                           ["--logger", args.logger]))
+    print(f"\nMNIST, {args.epochs} epochs, batch {args.batch_size}, {args.threads} threads, seed {args.seed}")
     print(f"{'':8} {'test acc':>9} {'s/epoch':>8}")
-    for name, r in (("plain", plain), ("zoo", zoo)):
-        print(f"{name:8} {100 * r['test_acc']:8.2f}% {r['s_per_epoch']:8.1f}")
-    print(f"zoo / plain time per epoch: {zoo['s_per_epoch'] / plain['s_per_epoch']:.3f}x")
+    mean = {name: statistics.mean(r["s_per_epoch"] for r in rs) for name, rs in runs.items()}
+    for name, rs in runs.items():
+        for r in rs:
+            print(f"{name:8} {100 * r['test_acc']:8.2f}% {r['s_per_epoch']:8.1f}")
+    print(f"zoo / plain time per epoch (means over {args.reps} rep(s)): {mean['zoo'] / mean['plain']:.3f}x")
 
 
 if __name__ == "__main__":
