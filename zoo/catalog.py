@@ -98,6 +98,7 @@ class Param(NamedTuple):
     doc: str
 
 
+@functools.lru_cache(maxsize=None)
 def _classes() -> dict[str, ast.ClassDef]:
     return {node.name: node for folder in (MODELS_DIR, DATAMODULES_DIR) for _, tree in _trees(folder)
             for node in tree.body if isinstance(node, ast.ClassDef)}

@@ -114,19 +114,39 @@ class ZooDataModule(L.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         return trainer.current_epoch if trainer is not None else 0
 
+    def rank_and_world(self) -> tuple[int, int]:
+        """(global rank, world size) of the attached trainer; (0, 1) without one."""
+        trainer = getattr(self, "trainer", None)
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
     def make_loader(self, tensors: Sequence[torch.Tensor], train: bool, transform: BatchTransform | None = None,
                     batch_size: int | None = None) -> TensorBatchLoader:
         """A ``TensorBatchLoader`` sharded for the attached trainer's rank; shuffled only when ``train``.
 
         ``transform`` runs on every batch (pass a different one for training and evaluation).
         """
-        trainer = getattr(self, "trainer", None)
-        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        rank, world = self.rank_and_world()
         return TensorBatchLoader(tensors, batch_size or self.batch_size, shuffle=train, seed=self.seed,
                                  epoch_fn=self._epoch, rank=rank, world_size=world, transform=transform)
 
 
-class InMemoryDataModule(ZooDataModule):
+class SplitDataModule(ZooDataModule):
+    """A DataModule with train / val / test splits: the three loaders come from one ``_loader(split, train)``."""
+
+    def _loader(self, split: str, train: bool) -> Any:
+        raise NotImplementedError
+
+    def train_dataloader(self) -> Any:
+        return self._loader("train", True)
+
+    def val_dataloader(self) -> Any:
+        return self._loader("val", False)
+
+    def test_dataloader(self) -> Any:
+        return self._loader("test", False)
+
+
+class InMemoryDataModule(SplitDataModule):
     """A DataModule whose ``setup`` fills ``self.splits`` ({"train"|"val"|"test": tensors}); loaders are
     ``TensorBatchLoader``s over them, with ``batch_transform(train)`` applied to every batch."""
 
@@ -138,12 +158,3 @@ class InMemoryDataModule(ZooDataModule):
     def _loader(self, split: str, train: bool) -> TensorBatchLoader:
         self.setup()
         return self.make_loader(self.splits[split], train=train, transform=self.batch_transform(train))
-
-    def train_dataloader(self) -> TensorBatchLoader:
-        return self._loader("train", True)
-
-    def val_dataloader(self) -> TensorBatchLoader:
-        return self._loader("val", False)
-
-    def test_dataloader(self) -> TensorBatchLoader:
-        return self._loader("test", False)

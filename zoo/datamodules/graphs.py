@@ -22,7 +22,7 @@ from typing import Any, ClassVar, Literal, Sequence
 
 import torch
 
-from zoo.datamodules.base import ZooDataModule
+from zoo.datamodules.base import SplitDataModule
 from zoo.datamodules.images import stratified_split
 from zoo.errors import ZooUserError
 from zoo.registry import register_datamodule
@@ -90,7 +90,7 @@ def degree_one_hot(edge_index: torch.Tensor, num_nodes: int, max_degree: int) ->
     return torch.nn.functional.one_hot(deg, max_degree + 1).float()
 
 
-class _GraphBase(ZooDataModule):
+class _GraphBase(SplitDataModule):
     """Lazy loading and the shapes linked into the model (``in_channels``, ``num_classes``, ``task``)."""
 
     link_fields = ("in_channels", "num_classes", "task")
@@ -105,20 +105,8 @@ class _GraphBase(ZooDataModule):
     def load(self) -> Any:
         raise NotImplementedError
 
-    def _loader(self, split: str, train: bool = False) -> Any:
-        raise NotImplementedError
-
-    def train_dataloader(self):
-        return self._loader("train", train=True)
-
-    def val_dataloader(self):
-        return self._loader("val")
-
-    def test_dataloader(self):
-        return self._loader("test")
-
     def predict_dataloader(self):
-        return self._loader("predict")
+        return self._loader("predict", False)
 
     def predict_input(self, path: str) -> Any:
         """``train.py predict --input DIR``: predictions for every node / graph / test edge of the data in

@@ -29,7 +29,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from zoo.datamodules.base import ZooDataModule
+from zoo.datamodules.base import SplitDataModule
 from zoo.datamodules.images import Augment, DigitsDataModule, stratified_split
 from zoo.errors import ZooUserError
 from zoo.registry import register_datamodule
@@ -90,7 +90,7 @@ class _ImageFiles(Dataset):
 
 
 @register_datamodule("image_folder", aliases=("imagefolder",))
-class ImageFolderDataModule(ZooDataModule):
+class ImageFolderDataModule(SplitDataModule):
     """A folder of images, one sub-folder per class (or a multi-label CSV), split and augmented.
 
     Args:
@@ -231,15 +231,6 @@ class ImageFolderDataModule(ZooDataModule):
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=train, num_workers=self.num_workers,
                           generator=torch.Generator().manual_seed(self.seed) if train else None,
                           persistent_workers=self.num_workers > 0)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
 
     def predict_input(self, path: str) -> DataLoader:
         """Batches of (images, file paths) for one image file or every image under a folder."""

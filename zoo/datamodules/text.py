@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from zoo.datamodules._textdata import (TextTable, encode_labels, find_split_file, generate_sentiment,
                                        label_vocabulary, read_table)
 from zoo.datamodules._tokenize import BucketBatchLoader, TextEncoder, resolve_backbone, trim_batch
-from zoo.datamodules.base import ZooDataModule
+from zoo.datamodules.base import SplitDataModule
 from zoo.errors import ZooUserError
 from zoo.registry import register_datamodule
 
@@ -32,7 +32,7 @@ __all__ = ["TextDataModule", "SST2DataModule", "SentimentDataModule"]
 
 
 @register_datamodule("text", aliases=("csv_text",))
-class TextDataModule(ZooDataModule):
+class TextDataModule(SplitDataModule):
     """Your labelled text: ``<data_dir>/train.{csv,tsv,jsonl}`` (+ optional val/dev and test files).
 
     Args:
@@ -210,19 +210,9 @@ class TextDataModule(ZooDataModule):
         tensors = self.splits[split]
         if not (train and self.bucket):
             return self.make_loader(tensors, train=train, transform=trim_batch)
-        trainer = getattr(self, "trainer", None)
-        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        rank, world = self.rank_and_world()
         return BucketBatchLoader(tensors, lengths=tensors[2], batch_size=self.batch_size, shuffle=True, seed=self.seed,
                                  epoch_fn=self._epoch, rank=rank, world_size=world, transform=trim_batch)
-
-    def train_dataloader(self) -> Any:
-        return self._loader("train", True)
-
-    def val_dataloader(self) -> Any:
-        return self._loader("val", False)
-
-    def test_dataloader(self) -> Any:
-        return self._loader("test", False)
 
     def predict_dataloader(self) -> Any:
         return self._loader("test", False)
