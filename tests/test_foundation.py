@@ -182,3 +182,18 @@ def test_checkpoint_reloads_to_identical_predictions(make_trainer, tmp_path: Pat
     reloaded.eval()
     assert torch.equal(model(x), reloaded(x))
     assert reloaded.hparams == model.hparams
+
+
+def test_epoch_metrics_cover_only_that_epoch(make_trainer) -> None:
+    """Accuracy/F1 are accumulated per step and logged once per epoch, reset between epochs: after two
+    epochs ``val/acc`` is the final weights' accuracy on the validation split, computed by hand."""
+    dm = DigitsDataModule(batch_size=64)
+    model = CNNClassifier(num_classes=10, in_channels=1, image_size=8)
+    trainer = make_trainer(max_epochs=2, limit_train_batches=3)
+    trainer.fit(model, datamodule=dm)
+    model.eval()
+    with torch.no_grad():
+        pairs = [(model(x).argmax(1), y) for x, y in dm.val_dataloader()]
+    by_hand = torch.cat([p == y for p, y in pairs]).float().mean()
+    assert float(trainer.callback_metrics["val/acc"]) == pytest.approx(float(by_hand), abs=1e-6)
+    assert {"train/acc", "train/f1", "val/f1"} <= set(trainer.callback_metrics)

@@ -47,6 +47,7 @@ class ConfusionMatrixMixin:
             self.test_confmat.update(outputs["preds"], outputs["target"])
 
     def on_test_epoch_end(self) -> None:
+        super().on_test_epoch_end()  # type: ignore[misc]
         cm = self.test_confmat.compute().cpu()
         dm = getattr(self.trainer, "datamodule", None)
         names = list(getattr(dm, "class_names", None) or range(cm.shape[0]))

@@ -171,12 +171,7 @@ class TransferClassifier(ClassifierModule):
         else:
             logits = logits.squeeze(-1) if self.hparams.task == "binary" else logits
             loss, preds = self.criterion(logits, y.float()), (logits > 0).long()
-        acc, f1 = getattr(self, f"{stage}_acc"), getattr(self, f"{stage}_f1")
-        acc(preds, y.long())
-        f1(preds, y.long())
-        self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True, batch_size=len(y))
-        self.log(f"{stage}/acc", acc, on_step=False, on_epoch=True, prog_bar=stage != "train")
-        self.log(f"{stage}/f1", f1, on_step=False, on_epoch=True)
+        self._log_step(stage, loss, preds, y.long())
         return {"loss": loss, "preds": preds, "target": y, "logits": logits}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -243,6 +238,7 @@ class TransferClassifier(ClassifierModule):
         return out
 
     def on_test_epoch_end(self) -> None:
+        super().on_test_epoch_end()
         if not self._test_outputs:
             return
         probs = torch.cat([p for p, _ in self._test_outputs])
