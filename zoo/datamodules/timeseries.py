@@ -12,11 +12,11 @@ targets [B, horizon, num_targets], the raw values before the origin [B, max(look
 the raw truth [B, horizon, T] and the origin index [B], so metrics and baselines run on the original scale.
 
 Example:
-    >>> dm = TimeSeriesDataModule(lookback=24, horizon=12)
+    >>> dm = TimeSeriesDataModule()  # lookback 36, horizon 12
     >>> dm.setup("fit")
     >>> x, y, history, truth, origin = next(iter(dm.train_dataloader()))
     >>> tuple(x.shape[1:]), tuple(y.shape[1:])
-    ((24, 3), (12, 1))
+    ((36, 3), (12, 1))
 """
 from __future__ import annotations
 
@@ -49,7 +49,8 @@ class TimeSeriesDataModule(InMemoryDataModule):
         target: column(s) to forecast; None = every numeric non-time, non-covariate column.
         covariates: extra numeric input columns (observed in the past only, scaled on training rows).
         calendar_features: add sin/cos of each step's position in the season (month of year for monthly data).
-        lookback / horizon / stride: input length, forecast length, step between training window origins.
+        lookback / horizon / stride: input length (default: three seasons of monthly data), forecast length,
+            step between training window origins.
         test_size / val_size: lengths of the final test block and of the validation block before it
             (``val_size`` None = ``test_size``).
         log / difference / season_length: log transform, seasonal differencing ``y_t - y_{t-season_length}``.
@@ -63,7 +64,7 @@ class TimeSeriesDataModule(InMemoryDataModule):
 
     def __init__(self, data_dir: str | None = None, path: str | None = None, time_column: str | None = "auto",
                  target: str | list[str] | None = None, covariates: list[str] | None = None,
-                 calendar_features: bool = True, lookback: int = 24, horizon: int = 12, stride: int = 1,
+                 calendar_features: bool = True, lookback: int = 36, horizon: int = 12, stride: int = 1,
                  test_size: int = 12, val_size: int | None = None, log: bool = False, difference: bool = True,
                  season_length: int = 12, scale: bool = True, center: bool = True, fill_missing: FillMissing = "error",
                  generated_length: int = 240, batch_size: int = 32, num_workers: int = 0, seed: int = 42) -> None:
