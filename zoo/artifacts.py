@@ -59,10 +59,11 @@ def log_figure(trainer: Any, name: str, fig: Any, step: int | None = None) -> Pa
 
 
 def _forward(trainer: Any, name: str, image: np.ndarray, step: int) -> None:
+    from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger  # neither imports its backend here
+
     for logger in trainer.loggers:
-        kind = type(logger).__name__
-        if kind == "WandbLogger":
+        if isinstance(logger, WandbLogger):
             logger.log_image(key=name, images=[image], step=step)
-        elif kind == "TensorBoardLogger":
+        elif isinstance(logger, TensorBoardLogger):
             dataformats = "HWC" if image.ndim == 3 else "HW"
             logger.experiment.add_image(name, image, global_step=step, dataformats=dataformats)

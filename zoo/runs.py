@@ -135,9 +135,15 @@ def _wandb_logger(run_dir: Path, model_name: str, project: str | None, name: str
     return logger
 
 
+def is_wandb(logger: Any) -> bool:
+    from lightning.pytorch.loggers import WandbLogger  # does not import wandb itself
+
+    return isinstance(logger, WandbLogger)
+
+
 def finish_logger(logger: Any) -> None:
     """Close a W&B run so its summary and files are complete on disk (a no-op for other loggers)."""
-    if type(logger).__name__ == "WandbLogger":
+    if is_wandb(logger):
         import wandb
 
         wandb.finish()
@@ -145,7 +151,7 @@ def finish_logger(logger: Any) -> None:
 
 def remember_wandb_id(logger: Any, run_dir: Path) -> None:
     """Store the W&B run id in the run folder so a resumed run continues the same W&B run."""
-    if type(logger).__name__ == "WandbLogger":
+    if is_wandb(logger):
         (run_dir / "wandb_run_id.txt").write_text(str(logger.experiment.id))
 
 

@@ -25,8 +25,8 @@ from zoo.callbacks.run import EpochSeeder, InterruptCheckpoint, ZooMetadata
 from zoo.cli import device_settings
 from zoo.errors import ZooUserError
 from zoo.registry import ModelEntry, get_datamodule_class, get_model_entry
-from zoo.runs import (build_logger, check_checkpoint, finish_logger, new_run_dir, remember_wandb_id, resolve_resume,
-                      write_metrics)
+from zoo.runs import (build_logger, check_checkpoint, finish_logger, is_wandb, new_run_dir, remember_wandb_id,
+                      resolve_resume, write_metrics)
 
 __all__ = ["ZooCLI", "fit_and_test"]
 
@@ -161,7 +161,7 @@ def fit_and_test(model_name: str, data_name: str | None, args: argparse.Namespac
                                    | {"zoo/model": entry.name, "zoo/data": data_name})
         if trainer.is_global_zero and trainer.logger is not None:
             remember_wandb_id(trainer.logger, cli.run_dir)
-        if args.wandb_watch and type(trainer.logger).__name__ == "WandbLogger":
+        if args.wandb_watch and is_wandb(trainer.logger):
             trainer.logger.watch(cli.model, log="gradients")
         signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
         start = time.perf_counter()
