@@ -197,3 +197,25 @@ def test_epoch_metrics_cover_only_that_epoch(make_trainer) -> None:
     by_hand = torch.cat([p == y for p, y in pairs]).float().mean()
     assert float(trainer.callback_metrics["val/acc"]) == pytest.approx(float(by_hand), abs=1e-6)
     assert {"train/acc", "train/f1", "val/f1"} <= set(trainer.callback_metrics)
+
+
+def test_confusion_matrix_counts_the_test_predictions(make_trainer, tmp_path: Path) -> None:
+    """``ConfusionMatrixMixin`` (zoo/models/plots.py) counts exactly the test predictions, its diagonal
+    agrees with ``test/acc`` (both hooks run), and the PNG lands in the run folder."""
+    from zoo.models.plots import ConfusionMatrixMixin
+
+    dm = DigitsDataModule(batch_size=64)
+    model = CNNClassifier(num_classes=10, in_channels=1, image_size=8)
+    assert isinstance(model, ConfusionMatrixMixin)
+    trainer = make_trainer(max_epochs=1, limit_train_batches=3)
+    trainer.fit(model, datamodule=dm)
+    result = trainer.test(model, datamodule=dm, verbose=False)[0]
+    model.eval()
+    with torch.no_grad():
+        pairs = [(model(x).argmax(1), y) for x, y in dm.test_dataloader()]
+    preds, target = torch.cat([p for p, _ in pairs]), torch.cat([y for _, y in pairs])
+    by_hand = torch.bincount(target * 10 + preds, minlength=100).view(10, 10)
+    cm = model.test_confmat.compute()
+    assert torch.equal(cm, by_hand)
+    assert result["test/acc"] == pytest.approx(float(cm.diag().sum() / cm.sum()), abs=1e-6)
+    assert list((tmp_path / "artifacts").glob("confusion_matrix_step*.png"))

@@ -52,6 +52,31 @@ def test_paper_defaults_and_overrides():
     assert link.monitor == "val/auc" and GNN.monitor == "val/acc"
 
 
+def test_building_blocks_widths_and_decoders():
+    """zoo/models/gnn_tasks.py: GAT concatenates hidden heads and averages output heads; residual skips
+    project only where widths differ; the dot decoder is the inner product; sum readout adds node states."""
+    from zoo.models.gnn_tasks import GNNEncoder, GraphReadout, LinkDecoder, make_conv, paper_defaults
+
+    assert (paper_defaults("graph", None)["conv"], paper_defaults("graph", None)["pool"]) == ("gin", "sum")
+    assert paper_defaults("link", "gat")["heads"] == 8
+    x, edges = torch.randn(6, 5), torch.tensor([[0, 1, 2, 3, 4], [1, 2, 3, 4, 5]])
+    gat = GNNEncoder("gat", 5, hidden_channels=4, out_channels=3, num_layers=2, heads=8, out_heads=2)
+    assert gat.convs[0](x, edges).shape == (6, 32) and gat(x, edges).shape == (6, 3) and gat.out_width == 3
+    res = GNNEncoder("gcn", 5, 16, 16, num_layers=3, norm="layer", residual=True, last_act=True)
+    assert isinstance(res.skips[0], torch.nn.Linear) and isinstance(res.skips[1], torch.nn.Identity)
+    assert res(x, edges).shape == (6, 16)
+    z, pairs = torch.randn(6, 4), torch.tensor([[0, 2], [1, 5]])
+    assert torch.allclose(LinkDecoder("dot", 4)(z, pairs), (z[[0, 2]] * z[[1, 5]]).sum(-1))
+    readout = GraphReadout(4, 8, 3, pool="sum", dropout=0.0).eval()
+    batch = torch.tensor([0, 0, 0, 1, 1, 1])
+    sums = torch.stack([z[:3].sum(0), z[3:].sum(0)])
+    assert torch.allclose(readout(z, batch), readout.head(sums))
+    with pytest.raises(ZooUserError, match="unknown conv type 'gcm'; did you mean 'gcn'"):
+        make_conv("gcm", 5, 4)
+    with pytest.raises(ZooUserError, match="unknown decoder 'dott'; did you mean 'dot'"):
+        LinkDecoder("dott", 4)
+
+
 def test_gcn_weight_decay_on_first_layer_only():
     model = GNN(in_channels=10, num_classes=3)
     groups = model.param_groups()
