@@ -3,7 +3,8 @@ model, optimiser, schedule, batch size and data pipeline in a plain PyTorch loop
 
 Prints test accuracy and seconds per epoch (training + validation passes, after data loading) for
 both and their ratio. This machine's speed drifts by several per cent over minutes, so with
-``--reps 2`` the runs alternate (plain, zoo, zoo, plain) and the ratio compares the means.
+``--reps N`` the runs alternate (plain, zoo, zoo, plain, ...); the ratio of the means is printed with
+each repetition's own ratio and their median.
 
     python benchmarks/bench_cnn.py --data-dir ../shared/data --epochs 3 --reps 2
 """
@@ -96,7 +97,9 @@ def main() -> None:
     for name, rs in runs.items():
         for r in rs:
             print(f"{name:8} {100 * r['test_acc']:8.2f}% {r['s_per_epoch']:8.1f}")
-    print(f"zoo / plain time per epoch (means over {args.reps} rep(s)): {mean['zoo'] / mean['plain']:.3f}x")
+    ratios = [z["s_per_epoch"] / q["s_per_epoch"] for z, q in zip(runs["zoo"], runs["plain"])]
+    print(f"zoo / plain time per epoch (means over {args.reps} rep(s)): {mean['zoo'] / mean['plain']:.3f}x; "
+          f"per rep: {', '.join(f'{r:.3f}' for r in ratios)} (median {statistics.median(ratios):.3f}x)")
 
 
 if __name__ == "__main__":
