@@ -43,6 +43,8 @@ def wandb_records(path: Path) -> Iterator:
             pos += block - pos % block
             continue
         length, kind = struct.unpack("<HB", data[pos + 4 : pos + 7])
+        if pos + 7 + length > len(data):  # the W&B service is still writing this record: the caller reads again
+            return
         buf, pos = buf + data[pos + 7 : pos + 7 + length], pos + 7 + length
         if kind in (1, 4):  # FULL or LAST fragment
             record = pb.Record()
