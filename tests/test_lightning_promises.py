@@ -123,7 +123,10 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None
 
 
 def test_sigint_saves_a_checkpoint_and_says_how_to_resume(tmp_path: Path) -> None:
-    proc = train_py(*TINY, "--max-epochs", "50", "--data.batch_size", "16", "--runs-dir", str(tmp_path))
+    # A shell that starts a job in the background (CI runners may) hands it SIGINT ignored; give the run
+    # the default disposition so that Python turns the signal into KeyboardInterrupt, as in a terminal.
+    proc = train_py(*TINY, "--max-epochs", "50", "--data.batch_size", "16", "--runs-dir", str(tmp_path),
+                    preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 240
     while time.time() < deadline and not list(tmp_path.glob("cnn/*/checkpoints/last.ckpt")):
         time.sleep(0.05)
