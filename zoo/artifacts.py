@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from zoo.runs import is_wandb
+
 
 def run_dir(trainer: Any) -> Path:
     """The run folder: the trainer's ``default_root_dir`` (the CLI points it at the run folder)."""
@@ -59,10 +61,10 @@ def log_figure(trainer: Any, name: str, fig: Any, step: int | None = None) -> Pa
 
 
 def _forward(trainer: Any, name: str, image: np.ndarray, step: int) -> None:
-    from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger  # neither imports its backend here
+    from lightning.pytorch.loggers import TensorBoardLogger  # does not import tensorboard itself
 
     for logger in trainer.loggers:
-        if isinstance(logger, WandbLogger):
+        if is_wandb(logger):
             logger.log_image(key=name, images=[image], step=step)
         elif isinstance(logger, TensorBoardLogger):
             dataformats = "HWC" if image.ndim == 3 else "HW"
