@@ -23,9 +23,12 @@ TINY = ["--model", "cnn", "--model.channels", "[16, 32]", "--model.hidden", "32"
 
 
 def train_py(*args: str, **kwargs) -> subprocess.Popen:
+    """``python train.py ARGS`` as from a terminal: SIGINT at its default disposition (a shell that starts a
+    job in the background, as CI runners may, hands it SIGINT ignored, and Ctrl-C would never arrive)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline"}
     return subprocess.Popen([sys.executable, "train.py", *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, **kwargs)
+                            stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **kwargs)
 
 
 def metrics_of(runs: Path) -> dict:
@@ -123,10 +126,7 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None
 
 
 def test_sigint_saves_a_checkpoint_and_says_how_to_resume(tmp_path: Path) -> None:
-    # A shell that starts a job in the background (CI runners may) hands it SIGINT ignored; give the run
-    # the default disposition so that Python turns the signal into KeyboardInterrupt, as in a terminal.
-    proc = train_py(*TINY, "--max-epochs", "50", "--data.batch_size", "16", "--runs-dir", str(tmp_path),
-                    preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = train_py(*TINY, "--max-epochs", "50", "--data.batch_size", "16", "--runs-dir", str(tmp_path))
     deadline = time.time() + 240
     while time.time() < deadline and not list(tmp_path.glob("cnn/*/checkpoints/last.ckpt")):
         time.sleep(0.05)
