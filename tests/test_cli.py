@@ -98,6 +98,14 @@ def test_fit_writes_run_folder_and_metrics(tmp_path: Path) -> None:
     assert len(list((tmp_path / "runs" / "cnn").iterdir())) == 2
 
 
+def test_training_without_validation_runs_and_tests_the_last_weights(tmp_path: Path) -> None:
+    with pytest.warns(UserWarning, match="validation is off"):
+        assert run_cli(tmp_path, *TINY, "--trainer.limit_val_batches", "0") == 0
+    metrics = json.loads((only_run(tmp_path / "runs") / "metrics.json").read_text())
+    assert "val/acc" not in metrics and metrics["epochs"] == 2 and metrics["test/acc"] > 0.5
+    assert metrics["train/loss_step"] > 0 and metrics["train/loss"] > 0  # step loss at the logger's cadence
+
+
 def test_same_seed_same_metrics_and_config_reproduces(tmp_path: Path) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
     assert main([*TINY, "--seed", "7", "--runs-dir", str(a)]) == 0

@@ -18,6 +18,7 @@ from typing import Any
 
 from lightning.pytorch import callbacks as cb
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from zoo.callbacks.nan_guard import NanGuard
@@ -103,6 +104,10 @@ class ZooCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         args, monitor, mode = self.zoo_args, self.model.monitor, self.model.monitor_mode  # may depend on the task
+        if monitor and monitor.startswith("val/") and self.config.trainer.limit_val_batches == 0:
+            rank_zero_warn(f"validation is off (limit_val_batches=0): no early stopping on {monitor}, and the "
+                           "last checkpoint is the one tested")
+            monitor = None
         ckpt_dir = self.run_dir / "checkpoints"
         callbacks: list[Any] = [
             cb.ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode=mode, save_last=True,

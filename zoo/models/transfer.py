@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torchmetrics
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
@@ -140,9 +139,7 @@ class TransferClassifier(ClassifierModule):
         else:
             self.criterion = nn.BCEWithLogitsLoss()
             kw = dict(task="binary") if task == "binary" else dict(task="multilabel", num_labels=num_classes)
-        for stage in ("train", "val", "test"):
-            setattr(self, f"{stage}_acc", torchmetrics.Accuracy(**kw))
-            setattr(self, f"{stage}_f1", torchmetrics.F1Score(average="macro", **kw))
+        self._init_stage_metrics(**kw)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] == 1:
