@@ -6,7 +6,11 @@ both and their ratio. Both first run once, untimed, on 256 images. This machine'
 several per cent over minutes, so with ``--reps N`` the runs alternate (plain, zoo, zoo, plain, ...);
 the ratio of the means is printed with each repetition's own ratio and their median.
 
+With ``--tiny`` both train a CNN of negligible compute instead, so the difference per step is what
+the zoo (Lightning's loop, metrics, logging, callbacks) adds to every step.
+
     python benchmarks/bench_cnn.py --data-dir ../shared/data --epochs 3 --reps 2
+    python benchmarks/bench_cnn.py --data-dir ../shared/data --epochs 1 --reps 4 --tiny
 """
 from __future__ import annotations
 
@@ -26,15 +30,16 @@ from zoo.datamodules.base import TensorBatchLoader
 from zoo.models.cnn import CNNClassifier
 
 REPO = Path(__file__).resolve().parents[1]
+TINY_CNN = {"channels": (2,), "hidden": 8}
 
 
-def plain_loop(data_dir: str, epochs: int, batch_size: int, seed: int, limit_train: int | None = None
-               ) -> dict[str, float]:
-    """Train/validate/test the zoo's default CNN recipe without Lightning."""
+def plain_loop(data_dir: str, epochs: int, batch_size: int, seed: int, limit_train: int | None = None,
+               tiny: bool = False) -> dict[str, float]:
+    """Train/validate/test the zoo's default CNN recipe (or the ``--tiny`` one) without Lightning."""
     torch.manual_seed(seed)
     dm = MNISTDataModule(data_dir=data_dir, batch_size=batch_size, seed=seed, limit_train=limit_train)
     dm.setup()
-    model = CNNClassifier()  # the same defaults the zoo run uses
+    model = CNNClassifier(**TINY_CNN if tiny else {})  # the same hyper-parameters the zoo run uses
     hp = model.hparams
     opt = torch.optim.AdamW(model.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
     steps = epochs * len(dm.train_dataloader())
@@ -62,7 +67,8 @@ def plain_loop(data_dir: str, epochs: int, batch_size: int, seed: int, limit_tra
             sched.step()
         evaluate(dm.val_dataloader())
     fit_time = time.perf_counter() - start
-    return {"test_acc": evaluate(dm.test_dataloader()), "s_per_epoch": fit_time / epochs}
+    return {"test_acc": evaluate(dm.test_dataloader()), "s_per_epoch": fit_time / epochs,
+            "steps_per_epoch": len(dm.train_dataloader())}
 
 
 def zoo_run(data_dir: str, epochs: int, batch_size: int, seed: int, extra: list[str]) -> dict[str, float]:
@@ -84,17 +90,21 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--logger", default="csv", help="logger for the zoo run (csv, wandb, tensorboard)")
     parser.add_argument("--reps", type=int, default=1, help="repetitions, alternating which of the two runs first")
+    parser.add_argument("--tiny", action="store_true", help="a CNN of negligible compute (one 2-channel conv): the "
+                        "time difference is what the zoo adds per step")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    extra = ["--logger", args.logger]
+    if args.tiny:
+        extra += ["--model.channels", str(list(TINY_CNN["channels"])), "--model.hidden", str(TINY_CNN["hidden"])]
     runs: dict[str, list[dict[str, float]]] = {"plain": [], "zoo": []}
     # untimed runs on 256 images first: one-off costs (oneDNN kernel JIT, lazy imports) fall on neither timed run
-    plain_loop(args.data_dir, 1, args.batch_size, args.seed, limit_train=256)
-    zoo_run(args.data_dir, 1, args.batch_size, args.seed, ["--logger", args.logger, "--data.limit_train", "256"])
+    plain_loop(args.data_dir, 1, args.batch_size, args.seed, limit_train=256, tiny=args.tiny)
+    zoo_run(args.data_dir, 1, args.batch_size, args.seed, [*extra, "--data.limit_train", "256"])
     for rep in range(args.reps):
         for name in ("plain", "zoo") if rep % 2 == 0 else ("zoo", "plain"):
-            runs[name].append(plain_loop(args.data_dir, args.epochs, args.batch_size, args.seed) if name == "plain"
-                              else zoo_run(args.data_dir, args.epochs, args.batch_size, args.seed,
-                                           ["--logger", args.logger]))
+            runs[name].append(plain_loop(args.data_dir, args.epochs, args.batch_size, args.seed, tiny=args.tiny)
+                              if name == "plain" else zoo_run(args.data_dir, args.epochs, args.batch_size, args.seed, extra))
     print(f"\nMNIST, {args.epochs} epochs, batch {args.batch_size}, {args.threads} threads, seed {args.seed}")
     print(f"{'':8} {'test acc':>9} {'s/epoch':>8}")
     mean = {name: statistics.mean(r["s_per_epoch"] for r in rs) for name, rs in runs.items()}
@@ -104,6 +114,9 @@ def main() -> None:
     ratios = [z["s_per_epoch"] / q["s_per_epoch"] for z, q in zip(runs["zoo"], runs["plain"])]
     print(f"zoo / plain time per epoch (means over {args.reps} rep(s)): {mean['zoo'] / mean['plain']:.3f}x; "
           f"per rep: {', '.join(f'{r:.3f}' for r in ratios)} (median {statistics.median(ratios):.3f}x)")
+    steps = runs["plain"][0]["steps_per_epoch"]
+    print(f"zoo - plain per training step ({steps} steps per epoch, validation included): "
+          f"{1e3 * (mean['zoo'] - mean['plain']) / steps:.2f} ms")
 
 
 if __name__ == "__main__":
