@@ -116,6 +116,7 @@ class LSTMForecaster(ZooModule):
                             dropout=dropout if num_layers > 1 else 0.0)
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden_size, horizon * num_targets))
         self.criterion = losses[loss]
+        self.train_loss = torchmetrics.MeanMetric()
         self.val_rmse = torchmetrics.MeanSquaredError(squared=False)
         self.test_metrics = nn.ModuleDict({name: _metrics("" if name == "model" else f"{name}_")
                                            for name in FORECASTERS})
@@ -137,8 +138,11 @@ class LSTMForecaster(ZooModule):
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x, y = batch[0], batch[1]
         loss = self.criterion(self(x), y)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(x))
+        self.log_train_step("train/loss", loss, self.train_loss, len(x))
         return loss
+
+    def on_train_epoch_end(self) -> None:
+        self.log("train/loss", self.train_loss, prog_bar=True)
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         x, y, history, truth, _ = batch
