@@ -1,6 +1,7 @@
 """The train.py contract: run folders, metrics.json, errors with exit code 2, resume, predict, export."""
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -101,9 +102,13 @@ def test_fit_writes_run_folder_and_metrics(tmp_path: Path) -> None:
 def test_training_without_validation_runs_and_tests_the_last_weights(tmp_path: Path) -> None:
     with pytest.warns(UserWarning, match="validation is off"):
         assert run_cli(tmp_path, *TINY, "--trainer.limit_val_batches", "0") == 0
-    metrics = json.loads((only_run(tmp_path / "runs") / "metrics.json").read_text())
+    run = only_run(tmp_path / "runs")
+    metrics = json.loads((run / "metrics.json").read_text())
     assert "val/acc" not in metrics and metrics["epochs"] == 2 and metrics["test/acc"] > 0.5
-    assert metrics["train/loss_step"] > 0 and metrics["train/loss"] > 0  # step loss at the logger's cadence
+    assert metrics["train/loss_step"] > 0 and metrics["train/loss"] > 0
+    with (run / "logs" / "metrics.csv").open() as fh:  # the step loss is logged on exactly the steps the logger writes
+        steps = [int(row["step"]) for row in csv.DictReader(fh) if row["train/loss_step"]]
+    assert steps and all((step + 1) % 10 == 0 for step in steps) and len(steps) == metrics["global_step"] // 10
 
 
 def test_same_seed_same_metrics_and_config_reproduces(tmp_path: Path) -> None:
