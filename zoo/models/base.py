@@ -91,7 +91,8 @@ class ZooModule(L.LightningModule):
         """``self.log(name, value, on_step=True, on_epoch=True)`` at a fraction of the CPU cost: ``mean``
         gathers the epoch mean (log it at epoch end) and the step value is logged as ``<name>_step`` only on
         the steps the logger writes (``log_every_n_steps``). Each ``self.log`` costs Lightning ~1 ms on a
-        CPU, a sizeable share of a small model's step."""
+        CPU, a sizeable share of a small model's step. For automatic optimisation only: the cadence uses
+        ``global_step``, which manual optimisation (the GANs) advances once per ``optimizer.step()``."""
         mean.update(value.detach(), weight=batch_size)
         if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
             self.log(f"{name}_step", value, on_step=True, on_epoch=False, prog_bar=True)
