@@ -103,8 +103,8 @@ def main() -> None:
     zoo_run(args.data_dir, 1, args.batch_size, args.seed, [*extra, "--data.limit_train", "256"])
     for rep in range(args.reps):
         for name in ("plain", "zoo") if rep % 2 == 0 else ("zoo", "plain"):
-            runs[name].append(plain_loop(args.data_dir, args.epochs, args.batch_size, args.seed, tiny=args.tiny)
-                              if name == "plain" else zoo_run(args.data_dir, args.epochs, args.batch_size, args.seed, extra))
+            common = (args.data_dir, args.epochs, args.batch_size, args.seed)
+            runs[name].append(plain_loop(*common, tiny=args.tiny) if name == "plain" else zoo_run(*common, extra))
     print(f"\nMNIST, {args.epochs} epochs, batch {args.batch_size}, {args.threads} threads, seed {args.seed}")
     print(f"{'':8} {'test acc':>9} {'s/epoch':>8}")
     mean = {name: statistics.mean(r["s_per_epoch"] for r in rs) for name, rs in runs.items()}

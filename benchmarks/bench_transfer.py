@@ -144,7 +144,8 @@ def part_timing(args: argparse.Namespace, out: Path) -> dict:
     z, p = statistics.median(zoo_s), statistics.median(plain_s)
     pairs = [a / b for a, b in zip(zoo_s, plain_s)]
     print(f"[timing] epoch of {len(dm.splits['train'][1])} images, batch {args.batch_size}: zoo {z:.1f} s, plain "
-          f"{p:.1f} s (medians), ratio {z / p:.3f}; ratio of means {statistics.mean(zoo_s) / statistics.mean(plain_s):.3f}"
+          f"{p:.1f} s (medians), ratio {z / p:.3f}; "
+          f"ratio of means {statistics.mean(zoo_s) / statistics.mean(plain_s):.3f}"
           f"; per rep {', '.join(f'{r:.3f}' for r in pairs)} (median {statistics.median(pairs):.3f})\n"
           f"         zoo {[round(s, 1) for s in zoo_s]}, plain {[round(s, 1) for s in plain_s]}", flush=True)
     return {"timing_zoo_s": z, "timing_plain_s": p, "timing_ratio": z / p, "timing_zoo_all": zoo_s,
