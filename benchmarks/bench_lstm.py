@@ -27,7 +27,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import statistics
 import sys
@@ -119,10 +118,6 @@ def cut(csv: Path, rows: int, folder: Path) -> Path:
     return path
 
 
-def geo_mean(values: list[float]) -> float:
-    return math.exp(statistics.mean(math.log(v) for v in values))
-
-
 def summarise(name: str, runs: list[dict[str, float]]) -> str:
     cells = []
     for key, _ in COLUMNS:
@@ -208,7 +203,8 @@ def main() -> None:
             scores = {"LSTM": rel, **refs}
             print(f"extra series ({len(series) - 1} x {args.origins} origin(s)), RMSE relative to seasonal naive, "
                   "geometric mean and runs that beat it: "
-                  + ", ".join(f"{m} {geo_mean(v):.3f} ({sum(r < 1 for r in v)}/{len(v)})" for m, v in scores.items()))
+                  + ", ".join(f"{m} {statistics.geometric_mean(v):.3f} ({sum(r < 1 for r in v)}/{len(v)})"
+                              for m, v in scores.items()))
         print(f"reference (airline): {REFERENCE['airline']}")
 
 
