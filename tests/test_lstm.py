@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from zoo.datamodules import TimeSeriesDataModule
+from zoo.datamodules._holt_winters import HoltWinters
 from zoo.datamodules._ts_transforms import generate_series
 from zoo.errors import ZooUserError
 from zoo.models import LSTMForecaster
@@ -42,8 +43,9 @@ def test_registry_links_shapes() -> None:
     assert model(x[:4]).shape == (4, 6, 1)
 
 
-def test_windows_never_cross_blocks_and_scaler_sees_train_only(tmp_path: Path) -> None:
-    base = TimeSeriesDataModule(path=str(write_csv(tmp_path)), **SMALL)
+@pytest.mark.parametrize("baseline", ["holt_winters", "none"])
+def test_windows_never_cross_blocks_and_scaler_sees_train_only(tmp_path: Path, baseline: str) -> None:
+    base = TimeSeriesDataModule(path=str(write_csv(tmp_path)), baseline=baseline, **SMALL)
     base.setup()
     n = len(base.raw)
     val_start, test_start = n - 18, n - 12
@@ -55,28 +57,51 @@ def test_windows_never_cross_blocks_and_scaler_sees_train_only(tmp_path: Path) -
     frame = pd.read_csv(tmp_path / "series.csv")
     frame.loc[val_start:, "sales"] = 1e6
     frame.to_csv(tmp_path / "poisoned.csv", index=False)
-    poisoned = TimeSeriesDataModule(path=str(tmp_path / "poisoned.csv"), **SMALL)
+    poisoned = TimeSeriesDataModule(path=str(tmp_path / "poisoned.csv"), baseline=baseline, **SMALL)
     poisoned.setup()
     for a, b in zip(base.splits["train"], poisoned.splits["train"]):
         assert torch.equal(a, b)
     np.testing.assert_allclose(poisoned.transform.mean, base.transform.mean)
     np.testing.assert_allclose(poisoned.transform.std, base.transform.std)
-    raw = base.raw[:val_start, 0]
-    diff = raw[12:] - raw[:-12]
-    np.testing.assert_allclose(base.transform.mean, [diff.mean()])
-    np.testing.assert_allclose(base.transform.std, [diff.std()])
+    raw = base.raw[:val_start]
+    if baseline == "none":
+        diff = raw[12:, 0] - raw[:-12, 0]
+        np.testing.assert_allclose(base.transform.mean, [diff.mean()])
+        np.testing.assert_allclose(base.transform.std, [diff.std()])
+    else:  # smoothing weights and residual scale come from training rows; the filter only looks back
+        np.testing.assert_allclose(poisoned.holt_winters.weights, base.holt_winters.weights)
+        residuals = (raw - base.holt_winters.one_step(raw))[12:]
+        np.testing.assert_allclose(base.transform.mean, [0.0])
+        np.testing.assert_allclose(base.transform.std, residuals.std(axis=0))
 
 
-@pytest.mark.parametrize("log,difference,center", [(False, True, True), (True, True, False), (True, False, True),
-                                                   (False, False, False)])
-def test_inverse_transform_round_trips(tmp_path: Path, log: bool, difference: bool, center: bool) -> None:
+def test_holt_winters_forecasts_only_look_back_and_follow_trend_and_season() -> None:
+    t = np.arange(120.0)
+    y = (100 + 0.5 * t) * (1 + 0.2 * np.sin(2 * np.pi * t / 12)) + np.random.default_rng(0).normal(0, 1, 120)
+    hw = HoltWinters(12).fit(y[:96, None])
+    assert hw.multiplicative.tolist() == [True]
+    table = hw.forecast_table(y[:, None], horizon=12)
+    changed = hw.forecast_table(np.r_[y[:100], y[100:] * 3][:, None], horizon=12)
+    np.testing.assert_array_equal(table[:101], changed[:101])  # values from row 100 on never reach origins <= 100
+    assert np.isnan(table[:12]).all() and np.isfinite(table[12:]).all()
+    errors = np.abs(table[108, :, 0] - y[108:])
+    assert errors.mean() < 0.5 * np.abs(y[96:108] - y[108:]).mean()  # well under seasonal naive (a year of trend)
+    assert HoltWinters(12).fit(y[:96, None] - 150).multiplicative.tolist() == [False]  # not all positive
+
+
+@pytest.mark.parametrize("baseline,log,difference,center", [
+    ("none", False, True, True), ("none", True, True, False), ("none", True, False, True),
+    ("none", False, False, False), ("holt_winters", False, True, True), ("holt_winters", True, True, True)])
+def test_inverse_transform_round_trips(tmp_path: Path, baseline: str, log: bool, difference: bool,
+                                       center: bool) -> None:
     other = 200 + 20 * np.cos(np.arange(96) / 3.0)
     dm = TimeSeriesDataModule(path=str(write_csv(tmp_path, other=other)), target=["sales", "other"], log=log,
-                              difference=difference, center=center, lookback=12, horizon=18, test_size=18, val_size=18)
+                              baseline=baseline, difference=difference, center=center, lookback=12, horizon=18,
+                              test_size=18, val_size=18)
     dm.setup()
     for split in ("train", "test"):
-        _, y, history, truth, _ = dm.splits[split]
-        back = dm.transform.inverse(y.double(), history.double())
+        _, y, history, truth, origin = dm.splits[split]
+        back = dm.inverse(y.double(), history.double(), origin=origin)
         torch.testing.assert_close(back, truth.double(), rtol=1e-5, atol=1e-4)  # horizon 18 > season 12
 
 
@@ -97,7 +122,8 @@ def test_model_beats_naive_on_seasonal_series_and_plots(make_trainer, tmp_path: 
     result = trainer.test(model, datamodule=dm, verbose=False)[0]
     assert result["test/rmse"] < 0.6 * result["test/naive_rmse"]
     assert result["test/rmse"] < 1.2 * result["test/seasonal_naive_rmse"]
-    assert {"test/mae", "test/mape", "test/smape", "test/seasonal_naive_smape", "test/naive_mape"} <= set(result)
+    assert {"test/mae", "test/mape", "test/smape", "test/seasonal_naive_smape", "test/naive_mape",
+            "test/holt_winters_rmse"} <= set(result)
     assert 0 < result["test/mape"] < 20  # percent, on the original scale (values ~100-150)
     assert np.isfinite(first)
     assert list((tmp_path / "artifacts").glob("forecast_step*.png"))
@@ -121,6 +147,8 @@ def test_predict_writes_future_timestamps_from_checkpoint_state(make_trainer, tm
     direct = model.write_predictions(make_trainer().predict(model, dataloaders=dm.predict_input(str(csv))),
                                      tmp_path / "pred2", dm)
     pd.testing.assert_frame_equal(pd.read_csv(direct), table)
+    with pytest.raises(ZooUserError, match="trained with --data.baseline holt_winters"):
+        TimeSeriesDataModule(path=str(csv), baseline="none", **SMALL).load_state_dict(state)
 
 
 @pytest.mark.parametrize("edit,message", [
@@ -160,3 +188,12 @@ def test_missing_file_column_and_impossible_sizes(tmp_path: Path) -> None:
         TimeSeriesDataModule(path=str(path), lookback=80).setup()
     with pytest.raises(ZooUserError, match="strictly positive"):
         TimeSeriesDataModule(path=str(write_csv(tmp_path, sales=np.linspace(-5, 5, 96))), log=True).setup()
+
+
+def test_holt_winters_baseline_needs_a_season_and_three_of_them(tmp_path: Path) -> None:
+    path = str(write_csv(tmp_path))
+    with pytest.raises(ZooUserError, match="season_length >= 2; pass --data.baseline none"):
+        TimeSeriesDataModule(path=path, season_length=1, **SMALL).setup()
+    TimeSeriesDataModule(path=path, season_length=1, baseline="none", **SMALL).setup()
+    with pytest.raises(ZooUserError, match="needs >= 90 training rows .three seasons., got 78"):
+        TimeSeriesDataModule(path=path, season_length=30, **SMALL).setup()

@@ -112,6 +112,13 @@ def read_series_csv(
     return times, values, _numeric(frame, covariates, fill_missing), list(target)
 
 
+def log_positive(raw: np.ndarray) -> np.ndarray:
+    """``np.log`` of a series that must be strictly positive (``--data.log true``)."""
+    if (raw <= 0).any():
+        raise ZooUserError("--data.log true needs strictly positive targets; drop it or shift the series")
+    return np.log(raw)
+
+
 @dataclass
 class SeriesTransform:
     """Invertible per-column pipeline ``raw -> log -> seasonal difference -> (x - mean) / std``.
@@ -139,9 +146,7 @@ class SeriesTransform:
 
     def _pre(self, raw: np.ndarray) -> np.ndarray:
         if self.log:
-            if (raw <= 0).any():
-                raise ZooUserError("--data.log true needs strictly positive targets; drop it or shift the series")
-            raw = np.log(raw)
+            raw = log_positive(raw)
         if self.difference:
             out = np.full_like(raw, np.nan)
             out[self.lag:] = raw[self.lag:] - raw[: -self.lag]
