@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from zoo.datamodules._textdata import generate_sentiment
-from zoo.datamodules._tokenize import bundled_minilm_path, resolve_backbone
+from zoo.datamodules._tokenize import TextEncoder, bundled_minilm_path, resolve_backbone
 from zoo.datamodules.text import SentimentDataModule, SST2DataModule, TextDataModule
 from zoo.errors import ZooUserError
 from zoo.models.bert import BertClassifier
@@ -159,3 +159,13 @@ def test_sst2_reads_glue_layout(shared_data):
     assert names == ("negative", "positive")
     assert len(tables["test"].texts) == 872  # dev.tsv is the test split
     assert len(tables["train"].texts) + len(tables["val"].texts) == 67349
+
+
+def test_scratch_wordpiece_is_the_same_for_the_same_texts() -> None:
+    words = "the plot was gripping dull moving clumsy cast script ending not but".split()
+    texts = [" ".join(words[(i * k) % len(words)] for k in range(1, 9)) for i in range(200)]
+    first = TextEncoder.train_wordpiece(texts, vocab_size=60, max_length=16)
+    assert all(TextEncoder.train_wordpiece(texts, 60, 16).tokenizer.to_str() == first.tokenizer.to_str()
+               for _ in range(5))  # tokenizers' own trainer gave 10 different vocabularies in 10 runs here
+    assert first.tokenizer.encode("the plot").tokens == ["[CLS]", "the", "plot", "[SEP]"]
+    assert first.tokenizer.encode("plots").tokens == ["[CLS]", "plot", "##s", "[SEP]"]  # unseen word: pieces

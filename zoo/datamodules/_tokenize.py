@@ -104,15 +104,27 @@ class TextEncoder:
 
     @classmethod
     def train_wordpiece(cls, texts: Sequence[str], vocab_size: int, max_length: int) -> "TextEncoder":
-        """A lower-cased BERT-style WordPiece tokenizer learnt from ``texts`` (deterministic for the same texts)."""
-        from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+        """A lower-cased BERT-style WordPiece tokenizer learnt from ``texts``: the same for the same texts.
 
-        tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-        tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-        tok.decoder = decoders.WordPiece()
-        trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(SPECIALS), show_progress=False)
-        tok.train_from_iterator(list(texts), trainer=trainer)
+        The vocabulary is the special tokens, every character seen (alone and as a ``##`` continuation), then
+        the most frequent words (ties broken alphabetically) up to ``vocab_size`` (the characters always go in);
+        other words are split into the longest pieces it has. ``tokenizers``' WordPieceTrainer is not used: it
+        breaks ties in hash-map order, so its vocabulary changes from run to run and seeded runs would not
+        repeat (huggingface/tokenizers#1794).
+        """
+        from collections import Counter
+
+        from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+        normalizer, pre_tokenizer = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
+        counts = Counter(word for text in texts
+                         for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
+        chars = sorted({c for word in counts for c in word})
+        vocab = [*SPECIALS, *chars, *(f"##{c}" for c in chars)]
+        frequent = sorted((w for w in counts if len(w) > 1), key=lambda w: (-counts[w], w))
+        vocab += frequent[: max(0, vocab_size - len(vocab))]
+        tok = Tokenizer(models.WordPiece({token: i for i, token in enumerate(vocab)}, unk_token="[UNK]"))
+        tok.normalizer, tok.pre_tokenizer, tok.decoder = normalizer, pre_tokenizer, decoders.WordPiece()
         cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
         tok.post_processor = processors.TemplateProcessing(
             single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
