@@ -94,7 +94,7 @@ def test_holt_winters_forecasts_only_look_back_and_follow_trend_and_season() -> 
     ("none", False, False, False), ("holt_winters", False, True, True), ("holt_winters", True, True, True)])
 def test_inverse_transform_round_trips(tmp_path: Path, baseline: str, log: bool, difference: bool,
                                        center: bool) -> None:
-    other = 200 + 20 * np.cos(np.arange(96) / 3.0)
+    other = 1e5 + 2e4 * np.cos(np.arange(96) / 3.0)  # beyond float16's range (65504)
     dm = TimeSeriesDataModule(path=str(write_csv(tmp_path, other=other)), target=["sales", "other"], log=log,
                               baseline=baseline, difference=difference, center=center, lookback=12, horizon=18,
                               test_size=18, val_size=18)
@@ -103,6 +103,9 @@ def test_inverse_transform_round_trips(tmp_path: Path, baseline: str, log: bool,
         _, y, history, truth, origin = dm.splits[split]
         back = dm.inverse(y.double(), history.double(), origin=origin)
         torch.testing.assert_close(back, truth.double(), rtol=1e-5, atol=1e-4)  # horizon 18 > season 12
+        amp = dm.inverse(y.half(), history, origin=origin)  # what an AMP model emits: inverted in float32
+        assert amp.dtype == torch.float32 and torch.isfinite(amp).all()
+        torch.testing.assert_close(amp, truth, rtol=1e-2, atol=0.5)
 
 
 def test_baselines_repeat_last_value_and_last_season() -> None:

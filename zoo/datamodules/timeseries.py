@@ -212,7 +212,9 @@ class TimeSeriesDataModule(InMemoryDataModule):
     def inverse(self, z: torch.Tensor, history: torch.Tensor, base: torch.Tensor | None = None,
                 origin: torch.Tensor | None = None) -> torch.Tensor:
         """Original-scale forecasts [B, H, T] from model outputs ``z`` for windows at ``origin`` of the configured
-        series (or with their Holt-Winters forecasts ``base``, as :meth:`forecast_batch` leaves them)."""
+        series (or with their Holt-Winters forecasts ``base``, as :meth:`forecast_batch` leaves them).
+        Half-precision outputs (AMP) are inverted in float32: original-scale values may exceed float16's range."""
+        z = z.to(torch.promote_types(z.dtype, torch.float32))
         if self.holt_winters is None:
             return self.transform.inverse(z, history)
         if base is None:
