@@ -4,7 +4,8 @@ Additive damped trend; multiplicative season for a strictly positive training se
 (the ETS(A,Ad,M) / ETS(A,Ad,A) models of R's ``forecast::ets``; the same rule as the statsmodels reference
 in ``benchmarks/bench_lstm.py``). The four smoothing weights of each column are fitted by least squares on
 one-step-ahead errors over the training rows only. The filter then runs through the whole series, so the
-forecast from origin ``o`` uses only the values before ``o``. (Choosing the season by the smaller training
+forecast from origin ``o`` uses only the values before ``o`` once ``o`` is past the first two seasons (the
+initial level and trend come from those, always training rows). (Choosing the season by the smaller training
 error instead, as an AIC choice would, scored worse on the benchmark's dev year: see issue 4.)
 
 Example:
