@@ -70,7 +70,7 @@ def test_windows_never_cross_blocks_and_scaler_sees_train_only(tmp_path: Path, b
         np.testing.assert_allclose(base.transform.std, [diff.std()])
     else:  # smoothing weights and residual scale come from training rows; the filter only looks back
         np.testing.assert_allclose(poisoned.holt_winters.weights, base.holt_winters.weights)
-        residuals = (raw - base.holt_winters.one_step(raw))[12:]
+        residuals = (raw - base.holt_winters.forecast(raw, horizon=6)[0])[12:]
         np.testing.assert_allclose(base.transform.mean, [0.0])
         np.testing.assert_allclose(base.transform.std, residuals.std(axis=0))
 
@@ -80,8 +80,8 @@ def test_holt_winters_forecasts_only_look_back_and_follow_trend_and_season() -> 
     y = (100 + 0.5 * t) * (1 + 0.2 * np.sin(2 * np.pi * t / 12)) + np.random.default_rng(0).normal(0, 1, 120)
     hw = HoltWinters(12).fit(y[:96, None])
     assert hw.multiplicative.tolist() == [True]
-    table = hw.forecast_table(y[:, None], horizon=12)
-    changed = hw.forecast_table(np.r_[y[:100], y[100:] * 3][:, None], horizon=12)
+    table = hw.forecast(y[:, None], horizon=12)[1]
+    changed = hw.forecast(np.r_[y[:100], y[100:] * 3][:, None], horizon=12)[1]
     np.testing.assert_array_equal(table[:101], changed[:101])  # values from row 100 on never reach origins <= 100
     assert np.isnan(table[:12]).all() and np.isfinite(table[12:]).all()
     errors = np.abs(table[108, :, 0] - y[108:])

@@ -12,7 +12,7 @@ Example:
     >>> t = np.arange(120.0)
     >>> y = (100 + t + 10 * np.sin(2 * np.pi * t / 12))[:, None]
     >>> hw = HoltWinters(season_length=12).fit(y[:96])
-    >>> table = hw.forecast_table(y, horizon=12)  # table[o] forecasts y[o:o + 12] from y[:o]
+    >>> one_step, table = hw.forecast(y, horizon=12)  # table[o] forecasts y[o:o + 12] from y[:o]
     >>> bool(np.abs(table[108] - y[108:]).max() < 5)  # seasonal naive is 12 off: a year of trend
     True
 """
@@ -102,29 +102,21 @@ class HoltWinters:
                    key=lambda r: r.fun)
         return _weights(best.x)
 
-    def _columns(self, y: np.ndarray):
+    def forecast(self, y: np.ndarray, horizon: int) -> tuple[np.ndarray, np.ndarray]:
+        """One filter pass over ``y`` [N, T]: the one-step-ahead forecasts [N, T] and the table [N + 1, horizon, T]
+        whose ``table[o]`` forecasts ``y[o:o + horizon]`` from ``y[:o]``; NaN in both for the first season."""
         if not self.fitted:
             raise RuntimeError("HoltWinters used before fit")
         y = np.asarray(y, dtype=np.float64)
-        return [_filter(y[:, j], self.season_length, w, bool(mult))
-                for j, (w, mult) in enumerate(zip(self.weights, self.multiplicative))]
-
-    def one_step(self, y: np.ndarray) -> np.ndarray:
-        """One-step-ahead forecasts [N, T] of ``y`` [N, T]; the first season is NaN."""
-        return np.stack([c[3] for c in self._columns(y)], axis=1)
-
-    def forecast_table(self, y: np.ndarray, horizon: int) -> np.ndarray:
-        """``table[o]`` [horizon, T] forecasts ``y[o:o + horizon]`` from ``y[:o]`` (o in [0, N]; NaN for o < season)."""
         m, n = self.season_length, len(y)
-        table = np.full((n + 1, horizon, len(self.weights)), np.nan)
-        origins = np.arange(m, n + 1)[:, None]
-        steps = np.arange(horizon)
-        for j, (level, trend, season, _) in enumerate(self._columns(y)):
-            damp = np.cumsum(self.weights[j, 3] ** (steps + 1))
-            ahead = level[origins - 1] + damp * trend[origins - 1]
+        one_step, table = np.empty(y.shape), np.full((n + 1, horizon, y.shape[1]), np.nan)
+        origins, steps = np.arange(m, n + 1)[:, None], np.arange(horizon)
+        for j, (weights, mult) in enumerate(zip(self.weights, self.multiplicative)):
+            level, trend, season, one_step[:, j] = _filter(y[:, j], m, weights, bool(mult))
+            ahead = level[origins - 1] + np.cumsum(weights[3] ** (steps + 1)) * trend[origins - 1]
             s = season[origins - m + steps % m]
-            table[m:, :, j] = ahead * s if self.multiplicative[j] else ahead + s
-        return table
+            table[m:, :, j] = ahead * s if mult else ahead + s
+        return one_step, table
 
     def state_dict(self) -> dict:
         return {"weights": self.weights.tolist(), "multiplicative": self.multiplicative.tolist()}

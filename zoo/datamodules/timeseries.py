@@ -176,13 +176,12 @@ class TimeSeriesDataModule(InMemoryDataModule):
                                f"use a longer series or smaller values")
         if self.holt_winters is not None:
             self.holt_winters.fit(self._log(raw[:val_start]), self.target_names)
-            self.transform.fit(self._residuals(raw)[lag:val_start], self.target_names)
-        else:
-            self.transform.fit(raw[:val_start], self.target_names)
+        series, self._table = self._series(raw)
+        # the transform drops its own differencing lag; the residuals' NaN first season is dropped here
+        self.transform.fit(series[lag - self.transform.lag:val_start], self.target_names)
         self._fit_covariates(cov[:val_start])
         self.raw, self._cov = raw, cov
-        feats = self._features(self._encode(raw), cov, 0)
-        self._table = self._baseline_table(raw)
+        feats = self._features(self.transform.forward(series), cov, 0)
         blocks = {"train": (first, val_start - self.horizon, self.stride),
                   "val": (val_start, n - self.test_size - self.horizon, self.stride),
                   "test": (n - self.test_size, n - self.horizon, self.stride)}
@@ -196,18 +195,15 @@ class TimeSeriesDataModule(InMemoryDataModule):
     def _log(self, raw: np.ndarray) -> np.ndarray:
         return log_positive(raw) if self.log_values else raw
 
-    def _residuals(self, raw: np.ndarray) -> np.ndarray:
-        """One-step-ahead Holt-Winters errors (on the log scale with ``log``); the first season is NaN."""
+    def _series(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """What the transform sees, and the Holt-Winters forecasts from every origin [N + 1, horizon, T]:
+        ``(raw, None)`` with ``baseline none``, else the one-step Holt-Winters errors (first season NaN) and
+        the table, both on the log scale with ``log``."""
+        if self.holt_winters is None:
+            return raw, None
         level = self._log(raw)
-        return level - self.holt_winters.one_step(level)
-
-    def _encode(self, raw: np.ndarray) -> np.ndarray:
-        """Per-step model inputs for the targets: transformed series or scaled one-step residuals."""
-        return self.transform.forward(raw if self.holt_winters is None else self._residuals(raw))
-
-    def _baseline_table(self, raw: np.ndarray) -> np.ndarray | None:
-        """Holt-Winters forecasts from every origin [N + 1, horizon, T] (log scale with ``log``), or None."""
-        return None if self.holt_winters is None else self.holt_winters.forecast_table(self._log(raw), self.horizon)
+        one_step, table = self.holt_winters.forecast(level, self.horizon)
+        return level - one_step, table
 
     def inverse(self, z: torch.Tensor, history: torch.Tensor, base: torch.Tensor | None = None,
                 origin: torch.Tensor | None = None) -> torch.Tensor:
@@ -254,8 +250,8 @@ class TimeSeriesDataModule(InMemoryDataModule):
         first = max(self.lookback + self.lag, self.context)
         if len(raw) < first:
             raise ZooUserError(f"prediction input has {len(raw)} rows; it needs >= {first} (lookback + season)")
-        feats = self._features(self._encode(raw), cov, 0)
-        table = self._baseline_table(raw)
+        series, table = self._series(raw)
+        feats = self._features(self.transform.forward(series), cov, 0)
         self._predict_meta = {"times": future_times(times, len(raw), self.horizon), "names": names,
                               "time_name": times.name if times is not None and times.name else "step",
                               "base": None if table is None else torch.as_tensor(table[-1:])}
