@@ -8,7 +8,9 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("ZOO_OFFLINE", "1")  # pretrained `auto` reads caches only (zoo.pretrained.offline)
 
+import socket  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any, Callable  # noqa: E402
 
@@ -62,3 +64,34 @@ def build_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., 
                       trainer_defaults=_trainer_defaults(entry, args), parser_kwargs={"exit_on_error": False})
 
     return build
+
+
+def _loopback(address: object) -> bool:
+    host = address[0] if isinstance(address, tuple) else None
+    return host is None or str(host).startswith("127.") or host in ("localhost", "::1", "0.0.0.0")
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Tests never touch the network: a connection outside loopback is refused (as the offline machine would)
+    and fails the test at teardown, even where the code under test catches the error."""
+    attempts: list[str] = []
+    real_connect, real_connect_ex = socket.socket.connect, socket.socket.connect_ex
+
+    def check(sock: socket.socket, address: object) -> None:
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and not _loopback(address):
+            attempts.append(repr(address))
+            raise ConnectionRefusedError(f"test tried to reach {address!r}: tests must not touch the network")
+
+    def connect(sock: socket.socket, address: object) -> None:
+        check(sock, address)
+        return real_connect(sock, address)
+
+    def connect_ex(sock: socket.socket, address: object) -> int:
+        check(sock, address)
+        return real_connect_ex(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
+    yield
+    assert not attempts, f"the test tried to use the network: {attempts}"

@@ -123,9 +123,11 @@ def test_same_seed_same_metrics_and_config_reproduces(tmp_path: Path) -> None:
 
 def test_resume_continues_and_refuses_a_mismatched_checkpoint(tmp_path: Path, capsys) -> None:
     assert run_cli(tmp_path, *TINY) == 0
+    first = json.loads((only_run(tmp_path / "runs") / "metrics.json").read_text())
     assert run_cli(tmp_path, *TINY, "--max-epochs", "3", "--ckpt-path", "last") == 0
-    metrics = json.loads((only_run(tmp_path / "runs") / "metrics.json").read_text())
+    metrics = json.loads((only_run(tmp_path / "runs") / "metrics-resume-1.json").read_text())
     assert metrics["epochs"] == 3  # continued in the same run folder from epoch 2
+    assert json.loads((only_run(tmp_path / "runs") / "metrics.json").read_text()) == first  # kept, not overwritten
     ckpt = only_run(tmp_path / "runs") / "checkpoints" / "last.ckpt"
     line = error_line(capsys, run_cli(tmp_path, "--model", "cnn", "--model.channels", "[4]", "--ckpt-path", str(ckpt)))
     assert "does not fit" in line and "shape mismatch" in line

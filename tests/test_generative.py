@@ -251,7 +251,7 @@ def test_ema_generator_is_what_checkpoints_and_evaluation_use(make_trainer, tmp_
     ckpt = ModelCheckpoint(dirpath=tmp_path, save_last=True)
     make_trainer(max_steps=6, limit_val_batches=0, enable_checkpointing=True, callbacks=[ckpt]).fit(
         model, Ring2DDataModule(num_train=512, num_val=64, num_test=64, batch_size=64))
-    saved = torch.load(ckpt.last_model_path, weights_only=False)
+    saved = torch.load(ckpt.last_model_path, weights_only=True)
     key = next(k for k in saved["state_dict"] if k.startswith("generator") and k.endswith("weight"))
     assert not torch.equal(saved["state_dict"][key], saved["current_model_state"][key])  # average != running
     assert torch.equal(model.state_dict()[key], saved["state_dict"][key])  # after fit the model holds the average

@@ -115,7 +115,7 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None
     victim.send_signal(signal.SIGKILL)
     victim.communicate()
     assert last is not None and victim.returncode == -signal.SIGKILL
-    assert torch.load(last, weights_only=False)["epoch"] < 5  # it really stopped before the end
+    assert torch.load(last, weights_only=True)["epoch"] < 5  # it really stopped before the end
     resumed = train_py(*args, "--runs-dir", str(tmp_path / "crash"), "--ckpt-path", "last")
     out, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, out[-3000:]

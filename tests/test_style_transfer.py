@@ -176,7 +176,7 @@ def test_fast_style_trains_checkpoints_without_vgg_and_predicts(make_trainer, tm
     trainer.fit(model, dm)
     assert len(val_losses) == 5 and min(val_losses[1:]) < 0.5 * val_losses[0], val_losses
     ckpt = trainer.checkpoint_callback.best_model_path
-    state = torch.load(ckpt, weights_only=False)["state_dict"]
+    state = torch.load(ckpt, weights_only=True)["state_dict"]
     assert state and not any(k.startswith("loss_net.") for k in state)
     reloaded = FastStyleTransfer.load_from_checkpoint(ckpt).eval()
     x = torch.rand(1, 3, 35, 29)

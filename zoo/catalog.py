@@ -19,6 +19,8 @@ import textwrap
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from zoo.errors import ZooUserError
+
 MODELS_DIR = Path(__file__).parent / "models"
 DATAMODULES_DIR = Path(__file__).parent / "datamodules"
 
@@ -87,6 +89,28 @@ def check_model_name(name: str) -> None:
     known = {e["name"] for e in entries} | {a for e in entries for a in e["aliases"]}
     if name not in known:
         raise UnknownNameError(close_matches_message(name, sorted(known), "model"))
+
+
+def _linked(data_entry: dict[str, Any], model_params: set[str]) -> set[str]:
+    return set(class_attribute(data_entry["class"], "link_fields") or ()) & model_params
+
+
+def check_data_fits(model: str, data: str) -> None:
+    """Refuse (before torch is imported) a DataModule that does not provide what the model takes from its data:
+    the fields its default DataModule links into it (``num_classes``, ``in_channels``, ...)."""
+    from zoo.registry import UnknownNameError, close_matches_message
+
+    entry = _find(scan_models(), model)
+    data_entries = scan_datamodules()
+    known = sorted({e["name"] for e in data_entries} | {a for e in data_entries for a in e["aliases"]})
+    if data not in known:
+        raise UnknownNameError(close_matches_message(data, known, "datamodule"))
+    params = {p.name for p in init_params(entry["class"])}
+    needed = _linked(_find(data_entries, entry["datamodule"]), params)
+    if needed - _linked(_find(data_entries, data), params):
+        fits = [e["name"] for e in data_entries if needed <= _linked(e, params)]
+        raise ZooUserError(f"data '{data}' does not fit model '{entry['name']}': it does not provide "
+                           f"{', '.join(sorted(needed))}; use one of: {', '.join(fits)}")
 
 
 class Param(NamedTuple):

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
-from zoo.catalog import check_model_name, format_listing, format_model_help, scan_models
+from zoo.catalog import check_data_fits, check_model_name, format_listing, format_model_help, scan_models
 from zoo.errors import ZooUserError
 from zoo.registry import UnknownNameError
 
@@ -39,6 +39,9 @@ Fit trains with early stopping and checkpoints (best and last) on the model's mo
 then tests the best checkpoint. Each run writes a new folder runs/<model>/<timestamp> with
 config.yaml, checkpoints/, logs, artifacts/ and metrics.json.
 """
+
+
+_NUMBER = re.compile(r"^-\d")  # a negative value (`--data.batch_size -4`), not an option
 
 
 class _Parser(argparse.ArgumentParser):
@@ -87,7 +90,18 @@ def _model_from_configs(configs: list[str]) -> tuple[str | None, str | None]:
         path = Path(cfg)
         if not path.is_file():
             raise ZooUserError(f"config file '{cfg}' does not exist")
-        zoo_section = (yaml.safe_load(path.read_text()) or {}).get("zoo") or {}
+        try:
+            config = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            tabs = "; YAML indents with spaces, not tabs" if "\t" in path.read_text() else ""
+            raise ZooUserError(f"config file '{cfg}' is not valid YAML{where}: "
+                               f"{getattr(exc, 'problem', None) or exc}{tabs}") from None
+        if config is not None and not isinstance(config, dict):
+            raise ZooUserError(f"config file '{cfg}' holds a {type(config).__name__}; a config is a mapping with "
+                               "model:, data:, trainer: sections (see a run's config.yaml)")
+        zoo_section = (config or {}).get("zoo") or {}
         model, data = zoo_section.get("model", model), zoo_section.get("data", data)
     return model, data
 
@@ -176,11 +190,15 @@ def _main(argv: list[str]) -> int:
             return 0
         raise ZooUserError("no model given; pass --model NAME (see `python train.py --list`)")
     check_model_name(model_name)
+    if data_name is not None:
+        check_data_fits(model_name, data_name)
+    if args.gpus is not None and any(e.startswith("--trainer.accelerator") for e in extras):
+        raise ZooUserError("give either --gpus N or --trainer.accelerator, not both (--gpus 0 is the CPU)")
     if args.help and not args.help_full:
         print(format_model_help(model_name, data_name))
         return 0
     unknown = [e for e in extras if e.startswith("-") and not e.startswith(("--model.", "--data.", "--trainer."))
-               and e.split("=")[0] not in ("--seed_everything", "--print_config")]
+               and e.split("=")[0] not in ("--seed_everything", "--print_config") and not _NUMBER.match(e)]
     if unknown:
         raise ZooUserError(f"unknown option {unknown[0]} (see `python train.py --help`)")
     from zoo.training import fit_and_test

@@ -34,7 +34,9 @@ def load_zoo_checkpoint(ckpt_path: str, runs_dir: str = "runs", model: str | Non
     if name is None:
         raise ZooUserError(f"'{path}' was not written by the zoo (no model name inside); pass --model NAME")
     entry = get_model_entry(name)
-    module = entry.cls.load_from_checkpoint(path, map_location="cpu", weights_only=False)
+    # The checkpoint holds the trained weights: predict and export never fetch initial (pretrained) ones.
+    no_hub = {"pretrained": "false", "weights": None} if "pretrained" in ckpt.get("hyper_parameters", {}) else {}
+    module = entry.cls.load_from_checkpoint(path, map_location="cpu", **no_hub)
     return entry, module.eval(), ckpt, path
 
 

@@ -9,18 +9,21 @@ Example:
 """
 from __future__ import annotations
 
+import os
+import pickle
 import warnings
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Any, Callable, Literal
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
 
-from zoo.errors import ZooUserError
+from zoo.errors import ZooUserError, unsafe_checkpoint_message
 
 Pretrained = Literal["auto", "true", "false"]
 
-__all__ = ["Pretrained", "resolve_weights", "load_state_dict_file", "load_matching", "state_dict_mismatch"]
+__all__ = ["Pretrained", "offline", "torchvision_state_dict", "resolve_weights", "load_state_dict_file", "load_matching", "state_dict_mismatch"]
 
 
 def _flag(pretrained: Pretrained | bool) -> str:
@@ -29,6 +32,24 @@ def _flag(pretrained: Pretrained | bool) -> str:
     if pretrained not in ("auto", "true", "false"):
         raise ZooUserError(f"pretrained must be auto, true or false, got '{pretrained}'")
     return pretrained
+
+
+OFFLINE_ENV = ("ZOO_OFFLINE", "HF_HUB_OFFLINE")
+
+
+def offline() -> bool:
+    """True when ``ZOO_OFFLINE`` or ``HF_HUB_OFFLINE`` is set: no download is attempted, only caches are read."""
+    return any(os.environ.get(name, "") not in ("", "0", "false", "False") for name in OFFLINE_ENV)
+
+
+def torchvision_state_dict(weights: Any) -> dict[str, torch.Tensor]:
+    """A torchvision ``Weights`` entry's state dict from the torch hub cache, downloading only when online: offline
+    (see :func:`offline`) a weights file that is not cached raises ``OSError`` before any connection is tried."""
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights.url).path).name
+    if not cached.is_file() and offline():
+        raise OSError(f"offline ({'/'.join(OFFLINE_ENV)} set) and {cached.name} is not in the torch hub cache "
+                      f"{cached.parent}")
+    return weights.get_state_dict(progress=True, check_hash=True)
 
 
 def load_state_dict_file(path: str | Path, prefix: str = "") -> dict[str, torch.Tensor]:
@@ -41,6 +62,8 @@ def load_state_dict_file(path: str | Path, prefix: str = "") -> dict[str, torch.
         raise ZooUserError(f"weights file '{path}' does not exist; pass --model.weights PATH to a .pt/.ckpt file")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ZooUserError(unsafe_checkpoint_message(path, exc)) from exc
     except Exception as exc:  # unpickling errors come in many types
         raise ZooUserError(f"cannot read weights file '{path}': {str(exc).splitlines()[0]}") from exc
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else None

@@ -11,16 +11,18 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from zoo.errors import ZooUserError
+from zoo.errors import ZooUserError, unsafe_checkpoint_message
 from zoo.pretrained import state_dict_mismatch
 
-__all__ = ["new_run_dir", "resolve_resume", "check_checkpoint", "build_logger", "write_metrics"]
+__all__ = ["new_run_dir", "resolve_resume", "check_checkpoint", "build_logger", "write_metrics", "free_name",
+           "atomic_write_text"]
 
 CHECKPOINT_NAMES = ("last.ckpt", "interrupted.ckpt")
 
@@ -32,17 +34,26 @@ def new_run_dir(root: str | Path, model: str, output_dir: str | None) -> Path:
         if path.exists():
             raise ZooUserError(f"output dir '{path}' already exists; choose a new --output-dir "
                                f"(runs are never overwritten) or leave it out for runs/{model}/<timestamp>")
-        path.mkdir(parents=True)
+        _mkdir(path, "--output-dir")
         return path
     base = Path(root) / model / time.strftime("%Y%m%d-%H%M%S")
     for i in range(1000):
         path = base if i == 0 else base.with_name(f"{base.name}-{i}")
         try:
-            path.mkdir(parents=True, exist_ok=False)
+            _mkdir(path, "--runs-dir")
             return path
         except FileExistsError:
             continue
     raise ZooUserError(f"cannot create a new run folder under '{base.parent}'")
+
+
+def _mkdir(path: Path, flag: str) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=False)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        raise ZooUserError(f"cannot create the run folder '{path}': {exc.strerror}; pass a writable {flag}") from None
 
 
 def _newest_checkpoint(run: Path) -> Path | None:
@@ -50,16 +61,34 @@ def _newest_checkpoint(run: Path) -> Path | None:
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
-def resolve_resume(ckpt_path: str, root: str | Path, model: str) -> tuple[Path, Path]:
-    """(checkpoint file, run folder) for ``--ckpt-path last`` (newest run of ``model``) or a path."""
+def run_data(run: Path) -> str | None:
+    """The registered DataModule name a run folder was trained on (``zoo.data`` in its config.yaml)."""
+    import yaml
+
+    try:
+        config = yaml.safe_load((run / "config.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return None
+    return ((config.get("zoo") or {}) if isinstance(config, dict) else {}).get("data")
+
+
+def resolve_resume(ckpt_path: str, root: str | Path, model: str, data: str | None = None) -> tuple[Path, Path]:
+    """(checkpoint file, run folder) for ``--ckpt-path last`` (the newest run of ``model`` on ``data``) or a
+    path. ``last`` never picks a run of other data, and refuses when the newest matching run has no checkpoint."""
     if ckpt_path == "last":
-        runs = sorted((p for p in (Path(root) / model).glob("*") if p.is_dir()), key=lambda p: p.stat().st_mtime)
-        for run in reversed(runs):
-            ckpt = _newest_checkpoint(run)
-            if ckpt is not None:
-                return ckpt, run
-        raise ZooUserError(f"--ckpt-path last: no checkpoint of model '{model}' under '{Path(root) / model}'; "
-                           "train first or pass --ckpt-path PATH")
+        folder = Path(root) / model
+        runs = sorted((p for p in folder.glob("*") if p.is_dir() and (data is None or run_data(p) == data)),
+                      key=lambda p: p.stat().st_mtime)
+        on = f" on data '{data}'" if data else ""
+        if not runs:
+            raise ZooUserError(f"--ckpt-path last: no run of model '{model}'{on} under '{folder}'; "
+                               "train first or pass --ckpt-path PATH")
+        ckpt = _newest_checkpoint(runs[-1])
+        if ckpt is None:
+            raise ZooUserError(f"--ckpt-path last: the newest run of '{model}'{on}, '{runs[-1]}', has no checkpoint "
+                               "(it stopped before its first save); start a new run or pass --ckpt-path PATH")
+        print(f"resuming '{runs[-1]}' ({model}{on}) from {ckpt.name}")
+        return ckpt, runs[-1]
     path = Path(ckpt_path).expanduser()
     if path.is_dir():  # a run folder
         ckpt = _newest_checkpoint(path)
@@ -72,21 +101,53 @@ def resolve_resume(ckpt_path: str, root: str | Path, model: str) -> tuple[Path, 
     return path, run
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
+def free_name(folder: Path, name: str) -> Path:
+    """``folder/name`` if it is new, else ``folder/<stem>-resume-<k><suffix>`` with the first free k: a
+    resumed run writes beside what an earlier process wrote and never over it."""
+    path = folder / name
+    k = 1
+    while path.exists():
+        path = folder / f"{Path(name).stem}-resume-{k}{Path(name).suffix}"
+        k += 1
+    return path
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write through a temporary file and a rename, so a crash never leaves a truncated file."""
+    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint read as data only (``weights_only=True``): tensors and plain Python types. One that
+    holds anything else (a pickled object, which could run code while loading) is refused, never run."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ZooUserError(unsafe_checkpoint_message(path, exc)) from exc
     except Exception as exc:  # corrupt files raise many types
         raise ZooUserError(f"cannot read checkpoint '{path}': {str(exc).splitlines()[0][:200]}") from exc
+    if not isinstance(ckpt, dict):
+        raise ZooUserError(f"'{path}' is not a Lightning checkpoint (it holds a {type(ckpt).__name__}, not a dict)")
+    return ckpt
 
 
-def check_checkpoint(path: Path, model: torch.nn.Module, model_name: str) -> dict[str, Any]:
-    """Load a checkpoint and refuse one written for another model or another architecture."""
+def check_checkpoint(path: Path, model: torch.nn.Module, model_name: str, data_name: str | None = None) -> dict[str, Any]:
+    """Load a checkpoint and refuse one written for another model, other data or another architecture."""
     ckpt = load_checkpoint(path)
     if "state_dict" not in ckpt:
         raise ZooUserError(f"'{path}' is not a Lightning checkpoint (no state_dict)")
     saved = ckpt.get("zoo", {}).get("model")
     if saved is not None and saved != model_name:
         raise ZooUserError(f"checkpoint '{path}' is for model '{saved}', not '{model_name}'; use --model {saved}")
+    saved_data = ckpt.get("zoo", {}).get("data")
+    if data_name is not None and saved_data is not None and saved_data != data_name:
+        raise ZooUserError(f"checkpoint '{path}' was trained on data '{saved_data}', not '{data_name}'; resume it with "
+                           f"--data {saved_data} (a resume continues the same run)")
     detail = state_dict_mismatch(model.state_dict(), ckpt["state_dict"])
     if detail:
         raise ZooUserError(f"checkpoint '{path}' does not fit this {model_name} configuration ({detail}); "
@@ -99,8 +160,9 @@ def build_logger(args: Any, run_dir: Path, model_name: str) -> Any:
     from lightning.pytorch import loggers
 
     kind = args.logger
-    if kind == "csv":
-        return loggers.CSVLogger(save_dir=run_dir, name="", version="logs")
+    if kind == "csv":  # a resumed run logs beside the earlier process's metrics.csv (CSVLogger would replace it)
+        first = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0  # only rank 0 writes logs
+        return loggers.CSVLogger(save_dir=run_dir, name="", version=free_name(run_dir, "logs").name if first else "logs")
     if kind == "tensorboard":
         try:
             return loggers.TensorBoardLogger(save_dir=run_dir, name="", version="tensorboard")
@@ -169,6 +231,6 @@ def write_metrics(run_dir: Path, metrics: dict[str, Any], extra: dict[str, Any])
     """Write the flat ``metrics.json`` (logged numbers plus run facts) and return its path."""
     flat = {k: v for k, v in ((k, to_number(v)) for k, v in metrics.items()) if v is not None}
     flat.update(extra)
-    path = run_dir / "metrics.json"
-    path.write_text(json.dumps(flat, indent=2, sort_keys=True, default=str) + "\n")
+    path = free_name(run_dir, "metrics.json")
+    atomic_write_text(path, json.dumps(flat, indent=2, sort_keys=True, default=str) + "\n")
     return path

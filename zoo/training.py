@@ -7,6 +7,8 @@ Example:
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import inspect
 import os
 import shutil
@@ -18,20 +20,23 @@ from typing import Any
 
 from lightning.pytorch import callbacks as cb
 from lightning.pytorch.cli import LightningCLI
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from zoo.callbacks.nan_guard import NanGuard
-from zoo.callbacks.run import EpochSeeder, InterruptCheckpoint, ZooMetadata
+from zoo.callbacks.run import AtomicCheckpointIO, EpochSeeder, InterruptCheckpoint, ScheduleLengthCheck, ZooMetadata
 from zoo.cli import device_settings
 from zoo.errors import ZooUserError
+from zoo.precision import bf16_notice
 from zoo.registry import ModelEntry, get_datamodule_class, get_model_entry
-from zoo.runs import (build_logger, check_checkpoint, finish_logger, is_wandb, new_run_dir, remember_wandb_id,
-                      resolve_resume, write_metrics)
+from zoo.runs import (atomic_write_text, build_logger, check_checkpoint, finish_logger, free_name, is_wandb,
+                      new_run_dir, remember_wandb_id, resolve_resume, write_metrics)
 
 __all__ = ["ZooCLI", "fit_and_test"]
 
 RUN_DIR_ENV = "ZOO_RUN_DIR"
+WRITE_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EPERM)
 
 
 class ZooCLI(LightningCLI):
@@ -44,6 +49,7 @@ class ZooCLI(LightningCLI):
         self.created_run_dir = False
         self.resume_ckpt: Path | None = None
         self.cli_args: list[str] = list(kwargs.get("args") or [])
+        kwargs.setdefault("auto_configure_optimizers", False)  # one spelling: --model.optimizer (no --optimizer)
         super().__init__(entry.cls, get_datamodule_class(data_name), **kwargs)
 
     def user_set_trainer(self, key: str) -> bool:
@@ -78,8 +84,12 @@ class ZooCLI(LightningCLI):
         if multi and not self.entry.cls.supports_multi_device:
             raise ZooUserError(f"model '{self.entry.name}' trains on a single device only; use --gpus 1 "
                               "(or one --trainer.devices)")
+        if args.ckpt_path and args.output_dir:
+            raise ZooUserError("--output-dir cannot be combined with --ckpt-path: a resume continues in the "
+                               "checkpoint's own run folder; drop --output-dir")
         if args.ckpt_path:
-            self.resume_ckpt, self.run_dir = resolve_resume(args.ckpt_path, args.runs_dir, self.entry.name)
+            self.resume_ckpt, self.run_dir = resolve_resume(args.ckpt_path, args.runs_dir, self.entry.name,
+                                                            self.data_name)
         elif os.environ.get(RUN_DIR_ENV) and int(os.environ.get("LOCAL_RANK", "0")) > 0:
             self.run_dir = Path(os.environ[RUN_DIR_ENV])  # a DDP worker joins the folder rank 0 made
         else:
@@ -91,16 +101,25 @@ class ZooCLI(LightningCLI):
     def instantiate_classes(self) -> None:
         try:
             super().instantiate_classes()
+        except (ValueError, RuntimeError, TypeError, MisconfigurationException) as exc:
+            self.cleanup()  # a value the constructors reject (dropout 2, channels -1, max_epochs -3): one line
+            part = "trainer" if getattr(self, "model", None) is not None else "model/data"
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ZooUserError(f"invalid {part} settings: {first} (see `python train.py --model {self.entry.name} "
+                               "--help`)") from exc
         except BaseException:
             self.cleanup()
             raise
 
     def cleanup(self) -> None:
-        """Remove the run folder this invocation created if no file but its config was written."""
+        """Remove the run folder this invocation created if nothing but its config (and the logger's copy of
+        the hyperparameters) was written."""
         run = self.run_dir
         if self.created_run_dir and run is not None and run.is_dir():
-            if all(p.name == "config.yaml" for p in run.rglob("*") if p.is_file()):
+            if all(p.name in ("config.yaml", "hparams.yaml") for p in run.rglob("*") if p.is_file()):
                 shutil.rmtree(run)
+                with contextlib.suppress(OSError):  # runs/<model> too, when this was its only run
+                    run.parent.rmdir()
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         args, monitor, mode = self.zoo_args, self.model.monitor, self.model.monitor_mode  # may depend on the task
@@ -117,6 +136,7 @@ class ZooCLI(LightningCLI):
             ZooMetadata(self.entry.name, self.data_name),
             EpochSeeder(),
             NanGuard(),
+            ScheduleLengthCheck(),
             cb.Timer(),
         ]
         patience = args.patience if args.patience is not None else self.model.default_patience
@@ -124,10 +144,11 @@ class ZooCLI(LightningCLI):
             callbacks.append(cb.EarlyStopping(monitor=monitor, mode=mode, patience=patience, check_finite=True))
         user_logger = self.config.trainer.logger not in (None, True)
         logger = None if user_logger else build_logger(args, self.run_dir, self.entry.name)
+        plugins = {} if self.config.trainer.plugins else {"plugins": [AtomicCheckpointIO()]}
         self.trainer_defaults = {**self.trainer_defaults, "callbacks": callbacks}
         refined = {k: v for k, v in self.model.trainer_defaults.items()  # e.g. GAT's longer budget than GCN's
                    if self.entry.cls.trainer_defaults.get(k) != v and not self.user_set_trainer(k)}
-        return super().instantiate_trainer(**({} if user_logger else {"logger": logger}), **refined, **kwargs)
+        return super().instantiate_trainer(**({} if user_logger else {"logger": logger}), **plugins, **refined, **kwargs)
 
 
 def _trainer_defaults(entry: ModelEntry, args: argparse.Namespace) -> dict[str, Any]:
@@ -136,9 +157,10 @@ def _trainer_defaults(entry: ModelEntry, args: argparse.Namespace) -> dict[str, 
 
 
 def _save_config(cli: ZooCLI) -> None:
-    name = "config.yaml" if not (cli.run_dir / "config.yaml").exists() else f"config-resume-{time.strftime('%Y%m%d-%H%M%S')}.yaml"
+    """``config.yaml`` (a resume writes ``config-resume-<k>.yaml`` beside it)."""
     if cli.trainer.is_global_zero:
-        (cli.run_dir / name).write_text(cli.parser.dump(cli.config, skip_none=False, skip_check=True))
+        text = cli.parser.dump(cli.config, skip_none=False, skip_check=True)
+        atomic_write_text(free_name(cli.run_dir, "config.yaml"), text)
 
 
 def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
@@ -157,10 +179,13 @@ def fit_and_test(model_name: str, data_name: str | None, args: argparse.Namespac
     finally:
         sys.argv = argv
     trainer = cli.trainer
+    if str(trainer.precision).startswith("bf16") and trainer.strategy.root_device.type == "cpu" \
+            and trainer.is_global_zero and (notice := bf16_notice()):
+        print(notice)
     try:
         _save_config(cli)
         if cli.resume_ckpt is not None:
-            check_checkpoint(cli.resume_ckpt, cli.model, entry.name)
+            check_checkpoint(cli.resume_ckpt, cli.model, entry.name, data_name)
         for logger in trainer.loggers:
             logger.log_hyperparams({f"data/{k}": v for k, v in cli.datamodule.hparams.items()}
                                    | {"zoo/model": entry.name, "zoo/data": data_name})
@@ -170,32 +195,61 @@ def fit_and_test(model_name: str, data_name: str | None, args: argparse.Namespac
             trainer.logger.watch(cli.model, log="gradients")
         signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
         start = time.perf_counter()
-        try:
-            trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.resume_ckpt)
-        except SystemExit:  # Lightning exits with 1 after a graceful Ctrl-C / SIGTERM shutdown
-            if not trainer.interrupted:
-                raise
+        _run_stage(cli, trainer.fit, ckpt_path=cli.resume_ckpt)
     except ZooUserError:
         cli.cleanup()
         raise
     if trainer.interrupted:
-        print(f"interrupted; checkpoint in {cli.run_dir / 'checkpoints'}; resume with "
-              f"`python train.py --model {entry.name} --ckpt-path {cli.run_dir}`")
-        return 130
+        return _report_interrupt(cli, entry.name)
     metrics = dict(trainer.callback_metrics)
     epochs, fit_time = trainer.current_epoch, time.perf_counter() - start
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     timer = next((c for c in trainer.callbacks if isinstance(c, cb.Timer)), None)
-    train_time = round(timer.time_elapsed("train"), 3) if timer else None
+    extra = {"epochs": epochs, "fit_time_s": round(fit_time, 3),
+             "train_time_s": round(timer.time_elapsed("train"), 3) if timer else None,
+             "best_checkpoint": best or None, "model": entry.name, "data": data_name,
+             "seed": cli.config.seed_everything, "global_step": trainer.global_step}
     if is_overridden("test_step", cli.model):
-        for result in trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best or None):
+        for result in _run_stage(cli, trainer.test, ckpt_path=best or None) or []:
             metrics.update(result)
+        if trainer.interrupted:
+            extra["test_interrupted"] = True
     if trainer.is_global_zero:
-        path = write_metrics(cli.run_dir, metrics, {
-            "epochs": epochs, "wall_time_s": round(time.perf_counter() - start, 3), "fit_time_s": round(fit_time, 3),
-            "train_time_s": train_time,
-            "best_checkpoint": best or None, "model": entry.name, "data": data_name,
-            "seed": cli.config.seed_everything, "global_step": trainer.global_step})
+        path = write_metrics(cli.run_dir, metrics, {**extra, "wall_time_s": round(time.perf_counter() - start, 3)})
         print(f"metrics: {path}")
+        if trainer.interrupted:
+            print("the test was interrupted: metrics.json holds the fit's metrics only; the best checkpoint is "
+                  f"{best or 'the last one'}")
     finish_logger(trainer.logger)
-    return 0
+    return 130 if trainer.interrupted else 0
+
+
+def _run_stage(cli: ZooCLI, stage: Any, ckpt_path: Any) -> Any:
+    """``trainer.fit`` / ``trainer.test`` with checkpoints read as data only. Ctrl-C / SIGTERM end it gracefully
+    (``trainer.interrupted``); a run folder that cannot be written (disk full, read-only) is a user error."""
+    try:
+        return stage(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path, weights_only=True)
+    except SystemExit:  # Lightning exits with 1 after a graceful Ctrl-C / SIGTERM shutdown
+        if not cli.trainer.interrupted:
+            raise
+    except OSError as exc:
+        if exc.errno not in WRITE_ERRNOS:
+            raise
+        ckpts = sorted((cli.run_dir / "checkpoints").glob("*.ckpt"))
+        kept = f"; intact checkpoints: {', '.join(p.name for p in ckpts)}" if ckpts else "; no checkpoint was saved"
+        raise ZooUserError(f"cannot write into the run folder '{cli.run_dir}': {exc.strerror} ({exc.filename or ''}); "
+                           f"free space or pass a writable --runs-dir{kept}") from None
+    return None
+
+
+def _report_interrupt(cli: ZooCLI, model: str) -> int:
+    """Say what an interrupted fit saved: the resume command, or that nothing was saved."""
+    saved = sorted((cli.run_dir / "checkpoints").glob("*.ckpt")) if cli.run_dir else []
+    if not saved:
+        if cli.created_run_dir and cli.run_dir is not None and cli.trainer.is_global_zero:
+            shutil.rmtree(cli.run_dir, ignore_errors=True)  # only its config and an empty log were in it
+        print("interrupted before the first training step: nothing was saved; start the run again")
+    else:
+        print(f"interrupted; checkpoint in {cli.run_dir / 'checkpoints'}; resume with "
+              f"`python train.py --model {model} --ckpt-path {cli.run_dir}`")
+    return 130

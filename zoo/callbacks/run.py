@@ -15,8 +15,11 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-__all__ = ["ZooMetadata", "EpochSeeder", "InterruptCheckpoint"]
+from zoo.errors import ZooUserError
+
+__all__ = ["ZooMetadata", "EpochSeeder", "InterruptCheckpoint", "ScheduleLengthCheck", "AtomicCheckpointIO"]
 
 
 class ZooMetadata(Callback):
@@ -59,3 +62,35 @@ class InterruptCheckpoint(Callback):
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if isinstance(exception, KeyboardInterrupt) and trainer.global_step > 0:
             trainer.save_checkpoint(self.path)
+
+
+class ScheduleLengthCheck(Callback):
+    """Refuses to resume a run whose per-step LR schedule (OneCycle, cosine) was sized for another number of
+    steps: OneCycle would crash past its end and cosine would restart. Says how to fix it instead."""
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.ckpt_path is None:
+            return
+        needed = trainer.estimated_stepping_batches
+        for config in trainer.lr_scheduler_configs:
+            sched = config.scheduler
+            planned = getattr(sched, "total_steps", None) or getattr(sched, "T_max", None)
+            if config.interval == "step" and planned is not None and planned != needed:
+                raise ZooUserError(
+                    f"the checkpoint's {type(sched).__name__} schedule was built for {planned} steps but this run "
+                    f"needs {needed}; a resume keeps its schedule, so resume with the original --max-epochs (see "
+                    "the run's config.yaml), or train a new run with the longer budget")
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint to a temporary file and renames it into place, so a full disk or a crash
+    mid-write never leaves a truncated ``.ckpt`` that looks valid (the previous one stays intact)."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp")
+        try:
+            super().save_checkpoint(checkpoint, tmp, storage_options)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)

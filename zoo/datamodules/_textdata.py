@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import random
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -62,9 +63,16 @@ def _rows(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
         return rows, list(rows[0]) if rows else []
     delimiter = "\t" if path.suffix == ".tsv" else ","
     quoting = csv.QUOTE_NONE if path.suffix == ".tsv" else csv.QUOTE_MINIMAL  # GLUE TSVs keep raw quotes
+    rows, ragged = [], []
     with open(path, encoding="utf-8", newline="") as fh:
         reader = csv.DictReader(fh, delimiter=delimiter, quoting=quoting)
-        return list(reader), list(reader.fieldnames or [])
+        for row in reader:  # a row with more or fewer cells than the header is skipped, never guessed at
+            (ragged.append(reader.line_num) if None in row or None in row.values() else rows.append(row))
+    if ragged:
+        shown = ", ".join(map(str, ragged[:20])) + (" ..." if len(ragged) > 20 else "")
+        warnings.warn(f"'{path}': skipped {len(ragged)} row(s) whose number of cells differs from the header's "
+                      f"{len(reader.fieldnames or [])} (lines {shown})", stacklevel=2)
+    return rows, list(reader.fieldnames or [])
 
 
 def read_table(path: Path, text_column: str, label_column: str | None, pair_column: str | None = None,

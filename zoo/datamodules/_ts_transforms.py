@@ -49,6 +49,11 @@ def _numeric(frame: pd.DataFrame, columns: Sequence[str], fill_missing: FillMiss
             row = int(np.flatnonzero(bad.to_numpy())[0])
             raise ZooUserError(f"column '{col}' has a non-numeric cell {frame[col].iloc[row]!r} at data row {row + 1}; "
                                f"fix it, or pick numeric columns with --data.target")
+        infinite = ~np.isfinite(values.to_numpy(dtype=np.float64)) & values.notna().to_numpy()
+        if infinite.any():
+            rows = np.flatnonzero(infinite)
+            raise ZooUserError(f"column '{col}' has {len(rows)} non-finite value(s) (inf), first at data row "
+                               f"{rows[0] + 1}; the data must be finite: fix or drop those rows")
         if values.isna().any():
             if fill_missing == "error":
                 row = int(np.flatnonzero(values.isna().to_numpy())[0])

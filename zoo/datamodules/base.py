@@ -102,6 +102,8 @@ class ZooDataModule(L.LightningDataModule):
         """``data_dir`` as an existing folder, or a user error saying what is needed and how to get it."""
         if self.data_dir is None:
             raise ZooUserError(f"{what} needs --data-dir; {how}")
+        if self.data_dir.exists() and not self.data_dir.is_dir():
+            raise ZooUserError(f"data dir '{self.data_dir}' is a file, not a folder; {how}")
         if not self.data_dir.is_dir():
             raise ZooUserError(f"data dir '{self.data_dir}' does not exist; {how}")
         return self.data_dir

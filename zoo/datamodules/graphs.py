@@ -111,7 +111,11 @@ class _GraphBase(SplitDataModule):
     def predict_input(self, path: str) -> Any:
         """``train.py predict --input DIR``: predictions for every node / graph / test edge of the data in
         DIR, a folder laid out like ``--data-dir`` (built-in sets such as ``karate`` need no files)."""
-        self.data_dir = Path(path).expanduser()
+        folder = Path(path).expanduser()
+        if not folder.is_dir():
+            raise ZooUserError(f"graph models predict on a folder laid out like --data-dir (the graph's files), not "
+                               f"the file '{path}'; pass the data folder (any folder for a built-in graph)")
+        self.data_dir = folder
         self._loaded, self.splits = None, {}
         return self.predict_dataloader()
 

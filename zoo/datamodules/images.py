@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import gzip
+import math
 from pathlib import Path
 from typing import ClassVar, Literal
 
@@ -30,16 +31,26 @@ __all__ = ["DigitsDataModule", "MNISTDataModule", "FashionMNISTDataModule", "CIF
 Augment = Literal["none", "shift", "flip_shift"]
 
 
-def read_idx(path: Path) -> torch.Tensor:
-    """Read an IDX file (optionally gzip-compressed) as a uint8 tensor, without writing anything."""
+def read_idx(path: Path, magic_expected: int | None = None) -> torch.Tensor:
+    """Read an IDX file (optionally gzip-compressed) as a uint8 tensor, without writing anything.
+    ``magic_expected`` is 2051 for images, 2049 for labels; a truncated or mislabelled file is a user error."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as fh:
-        data = fh.read()
+    try:
+        with opener(path, "rb") as fh:
+            data = fh.read()
+    except (EOFError, gzip.BadGzipFile, OSError) as exc:
+        raise ZooUserError(f"'{path}' cannot be read ({exc}); it is truncated or not gzip: download it again") from exc
     magic = int.from_bytes(data[0:4], "big")
     if magic not in (2049, 2051):
         raise ZooUserError(f"'{path}' is not an IDX file (magic {magic}); re-download it")
+    kinds = {2051: "images", 2049: "labels"}
+    if magic_expected is not None and magic != magic_expected:
+        raise ZooUserError(f"'{path}' holds {kinds[magic]} but its name says {kinds[magic_expected]}; "
+                           "the image and label files are swapped: give each file its original name")
     ndim = magic & 0xFF
     dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    if len(data) != 4 + 4 * ndim + math.prod(dims):
+        raise ZooUserError(f"'{path}' has {len(data)} bytes but its header announces {dims}; download it again")
     return torch.from_numpy(np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims).copy())
 
 
@@ -155,9 +166,7 @@ class ImageDataModule(InMemoryDataModule):
 
         src = Path(path)
         if src.suffix == ".npy":
-            arr = np.load(src)
-            arr = arr[..., None] if arr.ndim == 3 else arr
-            x = torch.from_numpy(arr.astype(np.uint8)).permute(0, 3, 1, 2)
+            x = npy_images(src)
             self.predict_names = [f"{src.name}[{i}]" for i in range(len(x))]
         else:
             files = sorted(p for p in src.iterdir() if p.is_file()) if src.is_dir() else [src]
@@ -166,9 +175,9 @@ class ImageDataModule(InMemoryDataModule):
             for f in files:
                 try:
                     images.append(np.asarray(Image.open(f).convert(mode).resize(size)))
-                except (UnidentifiedImageError, OSError) as exc:
-                    raise ZooUserError(f"'{f}' is not a readable image; predict expects image files or a .npy "
-                                       "array") from exc
+                except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+                    raise ZooUserError(f"'{f}' is not a readable image ({str(exc).splitlines()[0][:120]}); predict "
+                                       "expects image files or a .npy array") from exc
             if not images:
                 raise ZooUserError(f"no images in '{src}'")
             arr = np.stack(images)
@@ -177,6 +186,28 @@ class ImageDataModule(InMemoryDataModule):
         if x.shape[1] != self.native_channels:
             raise ZooUserError(f"predict input has {x.shape[1]} channels, this data set has {self.native_channels}")
         return self.make_loader((x, torch.zeros(len(x), dtype=torch.long)), train=False, transform=self.batch_transform(False))
+
+
+def npy_images(src: Path) -> torch.Tensor:
+    """A ``.npy`` of images, shape (N, H, W) or (N, H, W, C), as uint8 NCHW: uint8 as it is, floats in [0, 1]
+    scaled by 255; anything else (another rank, strings, objects, floats outside [0, 1]) is refused."""
+    try:
+        arr = np.load(src, allow_pickle=False)
+    except ValueError as exc:  # object arrays need pickle, which could run code
+        raise ZooUserError(f"'{src}' holds Python objects; predict takes a numeric (N, H, W[, C]) array") from exc
+    if arr.ndim not in (3, 4):
+        raise ZooUserError(f"'{src}' has shape {arr.shape}; predict takes images as (N, H, W) or (N, H, W, C)")
+    if arr.dtype == np.uint8:
+        pass
+    elif np.issubdtype(arr.dtype, np.floating):
+        if not np.isfinite(arr).all() or arr.min() < 0 or arr.max() > 1:
+            raise ZooUserError(f"'{src}' is {arr.dtype} with values in [{np.nanmin(arr):.3g}, {np.nanmax(arr):.3g}]; "
+                               "float images must be in [0, 1] (or pass uint8 in 0-255)")
+        arr = (arr * 255).round().astype(np.uint8)
+    else:
+        raise ZooUserError(f"'{src}' has dtype {arr.dtype}; predict takes uint8 (0-255) or float (0-1) images")
+    arr = arr[..., None] if arr.ndim == 3 else arr
+    return torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2)
 
 
 def stratified_split(y: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -246,7 +277,10 @@ class _IdxDataModule(ImageDataModule):
             img, lbl = self._find(root, img_stem), self._find(root, lbl_stem)
             if img is None or lbl is None:
                 raise ZooUserError(f"no {img_stem}[.gz] / {lbl_stem}[.gz] under '{root}'; {how}")
-            out[split] = (read_idx(img).unsqueeze(1), read_idx(lbl).long())
+            images, labels = read_idx(img, 2051).unsqueeze(1), read_idx(lbl, 2049).long()
+            if len(images) != len(labels):
+                raise ZooUserError(f"'{img}' has {len(images)} images but '{lbl}' {len(labels)} labels; {how}")
+            out[split] = (images, labels)
         return out
 
     def _download(self) -> None:

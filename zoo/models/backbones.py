@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from zoo.errors import ZooUserError
+from zoo.pretrained import torchvision_state_dict
 
 __all__ = ["Backbone", "build_backbone", "adapt_stem"]
 
@@ -116,7 +117,7 @@ def _torchvision(name: str) -> Backbone:
     def load_hub() -> dict[str, torch.Tensor]:
         if weights_enum is None:
             raise ValueError(f"torchvision has no pretrained weights for {name}")
-        state = weights_enum.get_state_dict(progress=True, check_hash=True)
+        state = torchvision_state_dict(weights_enum)
         return {k: v for k, v in state.items() if not k.startswith(prefix)}
 
     return Backbone(net, head.in_features, "torchvision", name, mean, std, load_hub, prefix, _group_children(net))

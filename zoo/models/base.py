@@ -73,6 +73,26 @@ class ZooModule(L.LightningModule):
     #: Said by ``train.py predict`` for a model that does not override :meth:`write_predictions`.
     predict_hint: ClassVar[str] = "it makes no predictions from new inputs"
 
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: str | Path, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        """Lightning's ``load_from_checkpoint``, reading the file as data only (``weights_only=True``): a
+        checkpoint holding pickled objects is refused with a :class:`ZooUserError` instead of being run.
+
+        Example:
+            >>> model = CNNClassifier.load_from_checkpoint("runs/cnn/<run>/checkpoints/best.ckpt")  # doctest: +SKIP
+        """
+        import pickle
+
+        from zoo.errors import unsafe_checkpoint_message
+
+        if kwargs.get("weights_only") is False:
+            raise ZooUserError("the zoo loads checkpoints as data only; weights_only=False is not offered")
+        kwargs["weights_only"] = True
+        try:
+            return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+        except pickle.UnpicklingError as exc:
+            raise ZooUserError(unsafe_checkpoint_message(checkpoint_path, exc)) from exc
+
     def write_predictions(self, predictions: list[Any], out_dir: Path, datamodule: Any) -> Path:
         """Turn ``trainer.predict`` outputs into a human-readable file in ``out_dir``; return its path."""
         raise ZooUserError(f"{type(self).__name__} has no predict output format")

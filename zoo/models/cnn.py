@@ -79,6 +79,9 @@ class CNNClassifier(ConfusionMatrixMixin, ClassifierModule):
             raise ZooUserError(f"num_classes must be >= 2, got {num_classes}")
         if kernel_size % 2 == 0 or kernel_size < 1:
             raise ZooUserError(f"kernel_size must be odd and positive, got {kernel_size}")
+        if not channels or min(channels) < 1 or not 0 <= dropout < 1:
+            raise ZooUserError(f"channels must be positive widths and dropout in [0, 1), got channels {list(channels)}, "
+                               f"dropout {dropout}")
         self.save_hyperparameters()
         blocks, c_in, size = [], in_channels, image_size
         for c_out in channels:

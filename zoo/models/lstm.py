@@ -28,6 +28,7 @@ from torch import nn
 from zoo.artifacts import log_figure
 from zoo.errors import ZooUserError
 from zoo.models.base import OptimizerName, SchedulerName, ZooModule
+from zoo.precision import cpu_bf16_kernels
 from zoo.registry import register_model
 
 __all__ = ["LSTMForecaster", "baseline_forecasts", "plot_forecast"]
@@ -131,7 +132,11 @@ class LSTMForecaster(ZooModule):
         self._test_plot: dict[int, dict[str, np.ndarray]] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out, _ = self.lstm(x)
+        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu") and not cpu_bf16_kernels():
+            with torch.autocast("cpu", enabled=False):  # no oneDNN bf16 LSTM on this CPU (AVX2 only): float32
+                out, _ = self.lstm(x.float())
+        else:
+            out, _ = self.lstm(x)
         return self.head(out[:, -1]).view(x.shape[0], self.hparams.horizon, self.hparams.num_targets)
 
     # ---- steps -------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from torch import nn
 
 from zoo.artifacts import log_figure, log_image
 from zoo.errors import ZooUserError
-from zoo.pretrained import Pretrained, load_matching, resolve_weights
+from zoo.pretrained import Pretrained, load_matching, resolve_weights, torchvision_state_dict
 
 __all__ = ["vgg_layer_names", "VGGFeatures", "gram_matrix", "total_variation", "PerceptualLoss",
            "FrozenLossNetCheckpointMixin", "style_panel", "log_style_outputs"]
@@ -63,8 +63,7 @@ def vgg_layer_names(arch: str) -> list[str]:
 def _hub_features(arch: str) -> dict[str, torch.Tensor]:
     import torchvision
 
-    weights = torchvision.models.get_weight(f"{arch.upper()}_Weights.IMAGENET1K_V1")
-    return weights.get_state_dict(progress=True)
+    return torchvision_state_dict(torchvision.models.get_weight(f"{arch.upper()}_Weights.IMAGENET1K_V1"))
 
 
 def _features_only(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
