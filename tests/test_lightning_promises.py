@@ -135,3 +135,40 @@ def test_sigint_saves_a_checkpoint_and_says_how_to_resume(tmp_path: Path) -> Non
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, out[-2000:]
     assert "--ckpt-path" in out and list(tmp_path.glob("cnn/*/checkpoints/interrupted.ckpt"))
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _torchrun(nodes: int, runs: Path, args: list[str]) -> list[subprocess.Popen]:
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    if nodes == 1:
+        return [subprocess.Popen([*torchrun, "--standalone", "train.py", *args], cwd=REPO, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True)]
+    endpoint = f"127.0.0.1:{_free_port()}"  # two "nodes" on this machine, as on a cluster
+    return [subprocess.Popen([*torchrun, "--nnodes", "2", "--node_rank", str(rank), "--rdzv-backend", "c10d",
+                              "--rdzv-endpoint", endpoint, "--rdzv-id", "zoo-test", "train.py", *args, "--num-nodes",
+                              "2"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for rank in range(2)]
+
+
+@pytest.mark.parametrize("nodes", [1, pytest.param(2, marks=pytest.mark.slow)])  # 2 nodes x 2: four processes
+def test_torchrun_ranks_share_one_run_folder(tmp_path: Path, nodes: int) -> None:
+    args = [*TINY, "--max-epochs", "1", "--trainer.accelerator", "cpu", "--trainer.strategy", "ddp", "--threads", "1"]
+    launched = _torchrun(nodes, tmp_path / "torchrun", [*args, "--trainer.devices", "2", "--runs-dir",
+                                                        str(tmp_path / "torchrun")])
+    reference = train_py(*args, "--trainer.devices", str(2 * nodes), "--runs-dir", str(tmp_path / "lightning"))
+    for proc in [*launched, reference]:
+        out, _ = proc.communicate(timeout=400)
+        assert proc.returncode == 0, out[-3000:]
+    runs = tmp_path / "torchrun"
+    assert len(list(runs.glob("cnn/*"))) == 1  # every rank of every node in one folder
+    assert len(list(runs.glob("cnn/*/config.yaml"))) == 1 and len(list(runs.glob("cnn/*/metrics.json"))) == 1
+    a, b = metrics_of(runs), metrics_of(tmp_path / "lightning")
+    for key in ("test/acc", "test/loss", "val/acc"):
+        assert a[key] == pytest.approx(b[key], abs=1e-6), key

@@ -47,9 +47,37 @@ def new_run_dir(root: str | Path, model: str, output_dir: str | None) -> Path:
     raise ZooUserError(f"cannot create a new run folder under '{base.parent}'")
 
 
-def _mkdir(path: Path, flag: str) -> None:
+def launched_run_dir(root: str | Path, model: str, output_dir: str | None) -> Path | None:
+    """The one run folder of a multi-process launch that started every rank itself (torchrun, SLURM's srun),
+    or None for a single process / Lightning's own launcher. Global rank 0 creates the folder; the others learn
+    its path from torchrun's store (``MASTER_ADDR:MASTER_PORT``), or derive the same name from the SLURM job."""
+    world = int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1")))
+    if world <= 1:
+        return None
+    rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
+    if os.environ.get("TORCHELASTIC_RUN_ID") is not None:
+        from datetime import timedelta
+
+        from torch.distributed import TCPStore
+
+        store = TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                         timeout=timedelta(seconds=300))
+        key = f"zoo/run_dir/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+        if rank == 0:
+            store.set(key, str(new_run_dir(root, model, output_dir)))
+        return Path(store.get(key).decode())
+    if os.environ.get("SLURM_JOB_ID") is not None:
+        path = Path(output_dir).expanduser() if output_dir else \
+            Path(root) / model / f"slurm-{os.environ['SLURM_JOB_ID']}-{os.environ.get('SLURM_STEP_ID', '0')}"
+        if rank == 0:
+            _mkdir(path, "--output-dir" if output_dir else "--runs-dir", exist_ok=True)
+        return path
+    return None
+
+
+def _mkdir(path: Path, flag: str, exist_ok: bool = False) -> None:
     try:
-        path.mkdir(parents=True, exist_ok=False)
+        path.mkdir(parents=True, exist_ok=exist_ok)
     except FileExistsError:
         raise
     except OSError as exc:
