@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -147,5 +148,8 @@ def test_predict_and_export(tmp_path: Path, capsys: pytest.CaptureFixture) -> No
     assert len(labels) == 20 and np.mean(np.array(labels) == digits.target[:20]) >= 0.5
     for fmt in ("onnx", "torchscript"):
         assert run_cli(tmp_path, "export", "--ckpt-path", best, "--format", fmt) == 0
-        diff = float(capsys.readouterr().out.split("example input: ")[1].rstrip(")\n"))
-        assert diff < 1e-4
+        out = capsys.readouterr().out
+        diff, grown = (float(x) for x in re.search(r"example input: ([0-9.e+-]+);.*\]: ([0-9.e+-]+)\)", out).groups())
+        assert diff < 1e-4 and grown < 1e-4  # the example and a batch twice as large
+        card = json.loads((next((tmp_path / "runs").glob(f"cnn-export/*/export.json"))).read_text())
+        assert card["inputs"][0]["shape"][0] == "batch" and card["preprocessing"]["mean"] == [0.3048]

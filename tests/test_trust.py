@@ -313,3 +313,23 @@ def test_bf16_notice_states_the_measured_cost(monkeypatch) -> None:
     assert note and "no native bf16" in note and "x the float32 time" in note and "32-true" in note
     monkeypatch.setattr(precision, "cpu_native_bf16", lambda: True)
     assert precision.bf16_notice() is None
+
+
+def test_exports_accept_other_shapes_and_ship_what_the_caller_needs(tmp_path: Path, capsys) -> None:
+    import numpy as np
+    import onnxruntime as ort
+    from tokenizers import Tokenizer
+
+    assert run(tmp_path, "--model", "bert", "--model.backbone", "scratch", "--data.size", "120", "--max-epochs", "1",
+               "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
+               "--trainer.limit_test_batches", "1") == 0
+    ckpt = str(next((tmp_path / "runs").glob("bert/*/checkpoints/last.ckpt")))
+    assert run(tmp_path, "export", "--ckpt-path", ckpt, "--format", "onnx") == 0
+    assert "[(2, 16), (2, 16)]" in capsys.readouterr().out  # checked on a longer sequence than the example's 8
+    folder = next((tmp_path / "runs").glob("bert-export/*"))
+    ids = Tokenizer.from_file(str(folder / "tokenizer.json")).encode("a truly wonderful film , full of life").ids
+    session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    x = np.array([ids], dtype=np.int64)
+    assert session.run(None, {"input0": x, "input1": np.ones_like(x)})[0].shape == (1, 2)
+    card = json.loads((folder / "export.json").read_text())
+    assert card["inputs"][0]["shape"] == ["batch", "sequence"] and "tokenizer.json" in card["notes"]

@@ -7,6 +7,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +73,7 @@ def run_predict(args: argparse.Namespace) -> int:
 def run_export(args: argparse.Namespace) -> int:
     if not args.ckpt_path or not args.format:
         raise ZooUserError("export needs --ckpt-path PATH and --format onnx|torchscript")
-    entry, model, _, _ = load_zoo_checkpoint(args.ckpt_path, args.runs_dir, args.model)
+    entry, model, ckpt, _ = load_zoo_checkpoint(args.ckpt_path, args.runs_dir, args.model)
     if args.format not in entry.cls.export_formats:
         supported = ", ".join(entry.cls.export_formats) or "none"
         raise ZooUserError(f"model '{entry.name}' has no sensible {args.format} export (supported: {supported})")
@@ -80,29 +81,69 @@ def run_export(args: argparse.Namespace) -> int:
     if example is None:
         raise ZooUserError(f"model '{entry.name}' defines no example_input_array, so it cannot be exported")
     out_dir = new_run_dir(args.runs_dir, f"{entry.name}-export", args.output_dir)
-    path, diff = export_model(model, example, out_dir, args.format)
-    print(f"exported: {path} (max abs difference to PyTorch on the example input: {diff:.2e})")
+    inputs = example if isinstance(example, tuple) else (example,)
+    axes = model.export_dynamic_axes(len(inputs))
+    path, diffs = export_model(model, inputs, axes, out_dir, args.format)
+    card = export_card(model, inputs, axes, load_datamodule(ckpt, entry), out_dir)
+    shapes = " and ".join(str([tuple(x.shape) for x in xs]) for xs in (inputs, grown(inputs, axes)))
+    print(f"exported: {path} (max abs difference to PyTorch on the example input: {diffs[0]:.2e}; on inputs "
+          f"{shapes}: {max(diffs):.2e})\ninputs: {card}")
     return 0
 
 
-def export_model(model: L.LightningModule, example: Any, out_dir: Path, fmt: str) -> tuple[Path, float]:
-    """Write ``model.onnx`` or ``model.pt`` and check it against PyTorch on ``example``."""
-    inputs = example if isinstance(example, tuple) else (example,)
+def grown(inputs: tuple[torch.Tensor, ...], axes: list[dict[int, str]]) -> tuple[torch.Tensor, ...]:
+    """The example inputs doubled along every dynamic axis: the second shape an export is checked on."""
+    out = []
+    for x, dims in zip(inputs, axes):
+        for d in dims:
+            x = torch.cat([x, x], dim=d)
+        out.append(x)
+    return tuple(out)
+
+
+def export_card(model: L.LightningModule, inputs: tuple[torch.Tensor, ...], axes: list[dict[int, str]],
+                dm: L.LightningDataModule, out_dir: Path) -> str:
+    """``export.json`` beside the model: input names, dtypes, shapes (dynamic axes named), the preprocessing
+    the caller must apply (the data's normalisation) and the model's own notes; returns a one-line summary."""
+    specs = [{"name": f"input{i}", "dtype": str(x.dtype).replace("torch.", ""),
+              "shape": [axes[i].get(d, n) for d, n in enumerate(x.shape)]} for i, x in enumerate(inputs)]
+    card: dict[str, Any] = {"inputs": specs, "notes": model.export_notes(out_dir)}
+    if getattr(dm, "normalize", False) and hasattr(dm, "mean"):
+        card["preprocessing"] = {"scale": "pixels / 255", "mean": list(dm.mean), "std": list(dm.std),
+                                 "formula": "(pixels / 255 - mean) / std per channel"}
+    (out_dir / "export.json").write_text(json.dumps(card, indent=2) + "\n")
+    pre = f"; normalise (x/255 - {list(dm.mean)}) / {list(dm.std)}" if "preprocessing" in card else ""
+    return ", ".join(f"{s['name']} {s['dtype']} {s['shape']}" for s in specs) + f"{pre}; {card['notes']} " \
+        f"(written to {out_dir / 'export.json'})"
+
+
+def export_model(model: L.LightningModule, inputs: tuple[torch.Tensor, ...], axes: list[dict[int, str]],
+                 out_dir: Path, fmt: str) -> tuple[Path, list[float]]:
+    """Write ``model.onnx`` or ``model.pt`` with the given dynamic axes and return the largest difference to
+    PyTorch on the example input and on a second input grown along every dynamic axis."""
+    checks = [inputs, grown(inputs, axes)]
     with torch.no_grad():
-        expected = model(*inputs)
+        expected = [model(*xs) for xs in checks]
     if fmt == "onnx":
         import onnxruntime as ort
 
         path = out_dir / "model.onnx"
         names = [f"input{i}" for i in range(len(inputs))]
-        model.to_onnx(path, inputs, input_names=names, output_names=["output"], dynamo=False,
-                      dynamic_axes={n: {0: "batch"} for n in [*names, "output"]})
+        dynamic = {n: axes[i] for i, n in enumerate(names)} | {"output": {0: "batch"}}
+        model.to_onnx(path, inputs, input_names=names, output_names=["output"], dynamo=False, dynamic_axes=dynamic)
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        got = torch.from_numpy(session.run(None, {n: x.numpy() for n, x in zip(names, inputs)})[0])
+        got = [torch.from_numpy(session.run(None, {n: x.numpy() for n, x in zip(names, xs)})[0]) for xs in checks]
     else:
         path = out_dir / "model.pt"
         scripted = model.to_torchscript(method="trace", example_inputs=inputs)
         torch.jit.save(scripted, str(path))
+        loaded = torch.jit.load(str(path))
         with torch.no_grad():
-            got = torch.jit.load(str(path))(*inputs)
-    return path, (got - expected).abs().max().item()
+            got = [loaded(*xs) for xs in checks]
+    diffs = []
+    for g, e in zip(got, expected):
+        if g.shape != e.shape:
+            raise ZooUserError(f"the exported {fmt} model gives shape {tuple(g.shape)} where PyTorch gives "
+                               f"{tuple(e.shape)}; this model cannot be exported with dynamic axes {axes}")
+        diffs.append((g - e).abs().max().item())
+    return path, diffs

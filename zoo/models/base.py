@@ -73,6 +73,16 @@ class ZooModule(L.LightningModule):
     #: Said by ``train.py predict`` for a model that does not override :meth:`write_predictions`.
     predict_hint: ClassVar[str] = "it makes no predictions from new inputs"
 
+    def export_dynamic_axes(self, n_inputs: int) -> list[dict[int, str]]:
+        """Per input of ``example_input_array``, the axes whose size may change in an export (ONNX dynamic
+        axes; ``train.py export`` checks the exported file on inputs grown along each). Batch by default."""
+        return [{0: "batch"} for _ in range(n_inputs)]
+
+    def export_notes(self, out_dir: Path) -> str:
+        """What a caller of the exported file must know beyond shapes (may write files such as a tokenizer
+        into ``out_dir``); one sentence."""
+        return "the inputs are what forward() takes; the output is forward()'s"
+
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: str | Path, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         """Lightning's ``load_from_checkpoint``, reading the file as data only (``weights_only=True``): a
@@ -190,6 +200,9 @@ class ClassifierModule(ZooModule):
     def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x = batch[0] if isinstance(batch, (list, tuple)) else batch
         return self(x).softmax(dim=-1)
+
+    def export_notes(self, out_dir: Path) -> str:
+        return "output = class logits (softmax for probabilities), in the order of the data's classes"
 
     def write_predictions(self, predictions: list[Any], out_dir: Path, datamodule: Any) -> Path:
         """``predictions.csv`` (input, label, probability), also printed one line per input."""

@@ -214,6 +214,17 @@ class BertClassifier(ConfusionMatrixMixin, ZooModule):
         if value:
             self.clip_gradients(optimizer, gradient_clip_val=value, gradient_clip_algorithm=gradient_clip_algorithm or "norm")
 
+    def export_dynamic_axes(self, n_inputs: int) -> list[dict[int, str]]:
+        return [{0: "batch", 1: "sequence"} for _ in range(n_inputs)]
+
+    def export_notes(self, out_dir: Path) -> str:
+        """Ships the tokenizer beside the exported model (``tokenizer.json``, the ``tokenizers`` format)."""
+        self.encoder.tokenizer.save(str(out_dir / "tokenizer.json"))
+        names = list(self.hparams.class_names or [])
+        return (f"tokenize with tokenizer.json (tokenizers.Tokenizer.from_file; truncate to "
+                f"{self.hparams.max_length}, pad with id {self.encoder.pad_id}); input0 = token ids, input1 = "
+                f"attention mask (1 for tokens, 0 for padding), int64; output = logits over {names}")
+
     # ---- tokenizer and checkpoints ---------------------------------------------------------------------------
     @property
     def encoder(self) -> TextEncoder:

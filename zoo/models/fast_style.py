@@ -122,6 +122,13 @@ class FastStyleTransfer(FrozenLossNetCheckpointMixin, ZooModule):
         self._style_t: list[torch.Tensor] | None = None
         self._preview: tuple[torch.Tensor, torch.Tensor] | None = None
 
+    def export_dynamic_axes(self, n_inputs: int) -> list[dict[int, str]]:
+        return [{0: "batch", 2: "height", 3: "width"}]
+
+    def export_notes(self, out_dir: Path) -> str:
+        return "input0 = RGB images as float [batch, 3, H, W] in [0, 1] (H and W multiples of 4); output = the " \
+            "stylised images, same shape, in [0, 1]"
+
     @property
     def vgg_pretrained(self) -> bool:
         return self.loss_net.vgg.pretrained
