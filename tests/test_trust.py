@@ -220,8 +220,8 @@ BAD_INPUTS = [
      "is a file, not a folder"),
     ("negative batch size", lambda t: ["--model", "cnn", "--data.batch_size", "-4"], "batch_size must be positive"),
     ("optimizer block", lambda t: ["--model", "cnn", "-c", _write(t, "o.yaml", "optimizer:\n  class_path: SGD\n")],
-     "optimizer"),
-    ("optimizer flag", lambda t: ["--model", "cnn", "--optimizer", "SGD"], "unknown option --optimizer"),
+     "the optimiser is a model hyperparameter: --model.optimizer"),
+    ("optimizer flag", lambda t: ["--model", "cnn", "--optimizer", "SGD"], "unknown option --optimizer: the optim"),
 ]
 
 

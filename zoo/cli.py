@@ -41,6 +41,8 @@ config.yaml, checkpoints/, logs, artifacts/ and metrics.json.
 """
 
 
+OPTIMIZER_HINT = ("the optimiser is a model hyperparameter: --model.optimizer sgd|adam|adamw, --model.lr, "
+                  "--model.scheduler (in YAML under model:); top-level optimizer / lr_scheduler blocks are not used")
 _NUMBER = re.compile(r"^-\d")  # a negative value (`--data.batch_size -4`), not an option
 
 
@@ -162,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except argparse.ArgumentError as exc:  # jsonargparse: a value of the wrong type, an unknown key
         message = re.sub(r'Parser key "([^"]+)":', r"--\1:", " ".join(str(exc).split()))
+        if re.search(r"'(optimizer|lr_scheduler)\b", message):
+            message = OPTIMIZER_HINT
         print(f"error: {message} (see `python train.py --model NAME --help`)", file=sys.stderr)
         return 2
 
@@ -199,6 +203,8 @@ def _main(argv: list[str]) -> int:
         return 0
     unknown = [e for e in extras if e.startswith("-") and not e.startswith(("--model.", "--data.", "--trainer."))
                and e.split("=")[0] not in ("--seed_everything", "--print_config") and not _NUMBER.match(e)]
+    if any(e.split("=")[0] in ("--optimizer", "--lr_scheduler") for e in unknown):
+        raise ZooUserError(f"unknown option --optimizer: {OPTIMIZER_HINT}")
     if unknown:
         raise ZooUserError(f"unknown option {unknown[0]} (see `python train.py --help`)")
     from zoo.training import fit_and_test
