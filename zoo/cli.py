@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from pathlib import Path
@@ -154,6 +155,8 @@ def device_settings(gpus: int | None, num_nodes: int | None) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: returns the exit code (2 for a user mistake, printed as one line)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "torch" not in sys.modules:  # read once by OpenMP when torch loads (benchmarks/bench_threads.py)
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle threads sleep: no collapse on a busy CPU
     try:
         return _main(argv)
     except ZooUserError as exc:
