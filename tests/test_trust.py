@@ -333,3 +333,17 @@ def test_exports_accept_other_shapes_and_ship_what_the_caller_needs(tmp_path: Pa
     assert session.run(None, {"input0": x, "input1": np.ones_like(x)})[0].shape == (1, 2)
     card = json.loads((folder / "export.json").read_text())
     assert card["inputs"][0]["shape"] == ["batch", "sequence"] and "tokenizer.json" in card["notes"]
+
+
+def test_an_unwritable_metrics_file_is_one_line(tmp_path: Path, capsys, monkeypatch) -> None:
+    import zoo.runs
+
+    def read_only(path: Path, text: str) -> None:
+        if path.name.startswith("metrics"):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        path.write_text(text)
+
+    monkeypatch.setattr(zoo.runs, "atomic_write_text", read_only)
+    assert run(tmp_path, *TINY) == 2
+    line = last_error(capsys)
+    assert "Read-only file system" in line and "intact checkpoints: best.ckpt, last.ckpt" in line

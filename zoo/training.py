@@ -186,7 +186,7 @@ def fit_and_test(model_name: str, data_name: str | None, args: argparse.Namespac
             and trainer.is_global_zero and (notice := bf16_notice()):
         print(notice)
     try:
-        _save_config(cli)
+        _writing(cli, _save_config, cli)
         if cli.resume_ckpt is not None:
             check_checkpoint(cli.resume_ckpt, cli.model, entry.name, data_name)
         for logger in trainer.loggers:
@@ -218,7 +218,8 @@ def fit_and_test(model_name: str, data_name: str | None, args: argparse.Namespac
         if trainer.interrupted:
             extra["test_interrupted"] = True
     if trainer.is_global_zero:
-        path = write_metrics(cli.run_dir, metrics, {**extra, "wall_time_s": round(time.perf_counter() - start, 3)})
+        path = _writing(cli, write_metrics, cli.run_dir, metrics,
+                        {**extra, "wall_time_s": round(time.perf_counter() - start, 3)})
         print(f"metrics: {path}")
         if trainer.interrupted:
             print("the test was interrupted: metrics.json holds the fit's metrics only; the best checkpoint is "
@@ -231,10 +232,18 @@ def _run_stage(cli: ZooCLI, stage: Any, ckpt_path: Any) -> Any:
     """``trainer.fit`` / ``trainer.test`` with checkpoints read as data only. Ctrl-C / SIGTERM end it gracefully
     (``trainer.interrupted``); a run folder that cannot be written (disk full, read-only) is a user error."""
     try:
-        return stage(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path, weights_only=True)
+        return _writing(cli, stage, cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path, weights_only=True)
     except SystemExit:  # Lightning exits with 1 after a graceful Ctrl-C / SIGTERM shutdown
         if not cli.trainer.interrupted:
             raise
+    return None
+
+
+def _writing(cli: ZooCLI, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)``; a write into the run folder that fails for lack of space or permission becomes
+    one line naming the folder and the checkpoints still intact."""
+    try:
+        return fn(*args, **kwargs)
     except OSError as exc:
         if exc.errno not in WRITE_ERRNOS:
             raise
@@ -242,7 +251,6 @@ def _run_stage(cli: ZooCLI, stage: Any, ckpt_path: Any) -> Any:
         kept = f"; intact checkpoints: {', '.join(p.name for p in ckpts)}" if ckpts else "; no checkpoint was saved"
         raise ZooUserError(f"cannot write into the run folder '{cli.run_dir}': {exc.strerror} ({exc.filename or ''}); "
                            f"free space or pass a writable --runs-dir{kept}") from None
-    return None
 
 
 def _report_interrupt(cli: ZooCLI, model: str) -> int:
