@@ -24,6 +24,8 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
+from zoo.callbacks.health import ActivationStats, GradientHealth
+from zoo.callbacks.inspect_images import ImageInsight
 from zoo.callbacks.nan_guard import NanGuard
 from zoo.callbacks.run import AtomicCheckpointIO, EpochSeeder, InterruptCheckpoint, ScheduleLengthCheck, ZooMetadata
 from zoo.cli import device_settings
@@ -142,6 +144,10 @@ class ZooCLI(LightningCLI):
             ScheduleLengthCheck(),
             cb.Timer(),
         ]
+        if args.debug_stats:  # hooks only with this switch (zoo/callbacks/health.py, inspect_images.py)
+            layers = None if args.debug_layers == "*" else args.debug_layers
+            callbacks += [ActivationStats(args.debug_every, args.debug_layers),
+                          GradientHealth(args.debug_every, args.debug_layers), ImageInsight(layers)]
         patience = args.patience if args.patience is not None else self.model.default_patience
         if monitor and patience > 0 and not args.no_early_stopping:
             callbacks.append(cb.EarlyStopping(monitor=monitor, mode=mode, patience=patience, check_finite=True))
