@@ -22,19 +22,21 @@ from zoo.catalog import check_data_fits, check_model_name, format_listing, forma
 from zoo.errors import ZooUserError
 from zoo.registry import UnknownNameError
 
-COMMANDS = ("fit", "predict", "export")
+COMMANDS = ("fit", "predict", "export", "serve")
 USAGE = """usage: train.py [fit|predict|export] --model NAME [--data NAME] [--gpus N] [--num-nodes N]
                 [--precision P] [--max-epochs N] [--seed S] [--logger csv|tensorboard|wandb]
                 [--data-dir DIR] [--output-dir DIR] [--runs-dir DIR] [--ckpt-path PATH|last]
                 [--fast-dev-run] [--patience N] [--no-early-stopping] [--threads N] [-c cfg.yaml]
                 [--wandb-project P] [--wandb-name N] [--wandb-tags T ...] [--wandb-log-model]
-                [--wandb-watch]
+                [--wandb-watch] [--debug-stats [--debug-every N] [--debug-layers PATTERN]]
                 [--model.<hparam> V] [--data.<hparam> V] [--trainer.<arg> V]
        train.py --list
        train.py --model NAME --help        (every hyperparameter with its default)
        train.py --model NAME --help-full   (LightningCLI's complete help, Trainer included)
        train.py predict --ckpt-path PATH --input PATH
        train.py export --ckpt-path PATH --format onnx|torchscript
+       train.py serve --ckpt-path PATH [--host 127.0.0.1] [--port 8000] [--workers N]
+                [--max-batch-size B] [--batch-timeout MS] [--max-body-mb M]
 
 Fit trains with early stopping and checkpoints (best and last) on the model's monitored metric,
 then tests the best checkpoint. Each run writes a new folder runs/<model>/<timestamp> with
@@ -78,6 +80,15 @@ def zoo_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--input")
     p.add_argument("--format", choices=("onnx", "torchscript"))
+    p.add_argument("--debug-stats", action="store_true", help="activation / gradient health, feature maps, saliency")
+    p.add_argument("--debug-every", type=int, default=50, help="--debug-stats: measure every N training steps")
+    p.add_argument("--debug-layers", default="*", help="--debug-stats: layer-name pattern, e.g. 'net.*'")
+    p.add_argument("--host", default="127.0.0.1", help="serve: address to listen on")
+    p.add_argument("--port", type=int, default=8000, help="serve: port")
+    p.add_argument("--workers", type=int, default=1, help="serve: server processes")
+    p.add_argument("--max-batch-size", type=int, default=16, help="serve: requests batched into one forward pass")
+    p.add_argument("--batch-timeout", type=float, default=10.0, help="serve: ms to wait for a batch to fill")
+    p.add_argument("--max-body-mb", type=float, default=10.0, help="serve: largest request body accepted")
     p.add_argument("--list", action="store_true")
     p.add_argument("-h", "--help", action="store_true")
     p.add_argument("--help-full", action="store_true")
@@ -179,12 +190,18 @@ def _main(argv: list[str]) -> int:
     if args.list:
         print(format_listing(scan_models()))
         return 0
+    if args.debug_every < 1:
+        raise ZooUserError(f"--debug-every must be >= 1, got {args.debug_every}")
     if args.threads is not None:
         if args.threads < 1:
             raise ZooUserError(f"--threads must be >= 1, got {args.threads}")
         import torch
 
         torch.set_num_threads(args.threads)
+    if command == "serve":
+        from zoo.serve import run_serve
+
+        return run_serve(args)
     if command in ("predict", "export"):
         from zoo.inference import run_export, run_predict
 
