@@ -94,7 +94,7 @@ class GradientHealth(Callback):
     """Per weighted layer matching ``layers``, every ``every_n_steps`` steps: the gradient norm (before clipping)
     and the update-to-weight ratio ``|w_after - w_before| / |w_before|`` of that optimiser step.
 
-    Warns (once per layer and kind) when the gradient norm of a layer in the first third of the network stays
+    Warns (once per kind, naming the step and the layers) when the gradient norm of a layer in the first third of the network stays
     below ``vanish_below`` for ``patience`` measurements in a row, or when a norm is not finite or jumps above
     ``explode_factor`` times that layer's median so far. ``on_fit_end`` draws ``gradient_norms`` (log10 norm,
     layers x measured steps) into ``artifacts/`` and the loggers.
@@ -106,7 +106,7 @@ class GradientHealth(Callback):
         self.vanish_below, self.patience, self.explode_factor = vanish_below, patience, explode_factor
         self.history: dict[str, list[float]] = {}
         self.steps: list[int] = []
-        self.warned: set[tuple[str, str]] = set()
+        self.warned: set[str] = set()
         self.low: dict[str, int] = {}
         self.before: dict[str, torch.Tensor] = {}
 
@@ -120,16 +120,21 @@ class GradientHealth(Callback):
         owned = {id(p) for group in optimizer.param_groups for p in group["params"]}
         layers = self._layers(pl_module)
         values: dict[str, float] = {}
+        found: dict[str, list[str]] = {}
         for rank, (name, module) in enumerate(layers):
             grads = [p.grad for p in module.parameters(recurse=False) if id(p) in owned and p.grad is not None]
             if not grads:
                 continue
             norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])).item()
             values[f"debug/grad/{name}/norm"] = norm
-            self._check(name, norm, early=rank < max(1, math.ceil(len(layers) / 3)), step=trainer.global_step)
+            kind = self._check(name, norm, early=rank < max(1, math.ceil(len(layers) / 3)))
+            if kind:
+                found.setdefault(kind, []).append(f"'{name}' ({norm:.3g})")
             self.history.setdefault(name, []).append(norm)
             self.before[name] = torch.cat([p.detach().flatten().float() for p in module.parameters(recurse=False)
                                            if id(p) in owned]).clone()
+        for kind, where in found.items():
+            self._warn(kind, trainer.global_step, where)
         if values:
             if not self.steps or self.steps[-1] != trainer.global_step:
                 self.steps.append(trainer.global_step)
@@ -148,22 +153,29 @@ class GradientHealth(Callback):
         self.before = {}
         _log(trainer, ratios)
 
-    def _check(self, name: str, norm: float, early: bool, step: int) -> None:
+    def _check(self, name: str, norm: float, early: bool) -> str | None:
+        """``exploding``, ``vanishing`` or None for one layer's gradient norm."""
         past = self.history.get(name, [])
-        if not math.isfinite(norm) or (len(past) >= 3 and norm > self.explode_factor * max(_median(past), 1e-12)):
-            self._warn(name, "exploding", f"gradients EXPLODE in layer '{name}' at step {step}: norm {norm:.3g}"
-                       f" (median so far {_median(past) if past else float('nan'):.3g}); lower the learning rate or "
-                       "clip gradients (--trainer.gradient_clip_val 1.0)")
         self.low[name] = self.low.get(name, 0) + 1 if early and norm < self.vanish_below else 0
-        if self.low[name] >= self.patience:
-            self._warn(name, "vanishing", f"gradients VANISH in early layer '{name}' at step {step}: norm {norm:.3g} "
-                       f"< {self.vanish_below:g} for {self.patience} checks; use ReLU-family activations, Kaiming "
-                       "init, batch norm or residual connections")
+        if not math.isfinite(norm) or (len(past) >= 3 and norm > self.explode_factor * max(_median(past), 1e-12)):
+            return "exploding"
+        return "vanishing" if self.low[name] >= self.patience else None
 
-    def _warn(self, name: str, kind: str, message: str) -> None:
-        if (name, kind) not in self.warned:
-            self.warned.add((name, kind))
-            warnings.warn(message, stacklevel=2)
+    def _warn(self, kind: str, step: int, where: list[str]) -> None:
+        """One warning per kind and run, naming the step and the layers (with their norms)."""
+        if kind in self.warned:
+            return
+        self.warned.add(kind)
+        layers = ", ".join(where[:5]) + (f" and {len(where) - 5} more" if len(where) > 5 else "")
+        if kind == "exploding":
+            message = (f"gradients EXPLODE at step {step} in layer {layers}: not finite or over "
+                       f"{self.explode_factor:g}x the layer's median so far; lower the learning rate or clip "
+                       "gradients (--trainer.gradient_clip_val 1.0)")
+        else:
+            message = (f"gradients VANISH at step {step} in early layer {layers}: norm < {self.vanish_below:g} for "
+                       f"{self.patience} checks; use ReLU-family activations, Kaiming init, batch norm or residual "
+                       "connections")
+        warnings.warn(message, stacklevel=2)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.history and trainer.is_global_zero:
