@@ -22,7 +22,7 @@ from zoo.catalog import check_data_fits, check_model_name, format_listing, forma
 from zoo.errors import ZooUserError
 from zoo.registry import UnknownNameError
 
-COMMANDS = ("fit", "predict", "export", "serve")
+COMMANDS = ("fit", "predict", "export", "serve", "tune")
 USAGE = """usage: train.py [fit|predict|export] --model NAME [--data NAME] [--gpus N] [--num-nodes N]
                 [--precision P] [--max-epochs N] [--seed S] [--logger csv|tensorboard|wandb]
                 [--data-dir DIR] [--output-dir DIR] [--runs-dir DIR] [--ckpt-path PATH|last]
@@ -35,6 +35,8 @@ USAGE = """usage: train.py [fit|predict|export] --model NAME [--data NAME] [--gp
        train.py --model NAME --help-full   (LightningCLI's complete help, Trainer included)
        train.py predict --ckpt-path PATH --input PATH
        train.py export --ckpt-path PATH --format onnx|torchscript
+       train.py tune --model NAME --space space.yaml --trials N [--timeout S] [--jobs K] [--storage URL]
+                [--study NAME] [--metric val/acc --direction max] [--pruner median|hyperband|none] [fit options]
        train.py serve --ckpt-path PATH [--host 127.0.0.1] [--port 8000] [--workers N]
                 [--max-batch-size B] [--batch-timeout MS] [--max-body-mb M]
 
@@ -83,6 +85,19 @@ def zoo_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug-stats", action="store_true", help="activation / gradient health, feature maps, saliency")
     p.add_argument("--debug-every", type=int, default=50, help="--debug-stats: measure every N training steps")
     p.add_argument("--debug-layers", default="*", help="--debug-stats: layer-name pattern, e.g. 'net.*'")
+    p.add_argument("--lr-find", action="store_true", help="Lightning's learning-rate finder before fitting")
+    p.add_argument("--batch-size-find", action="store_true", help="Lightning's batch-size finder before fitting")
+    p.add_argument("--space", help="tune: the search space YAML")
+    p.add_argument("--trials", type=int, help="tune: finished trials wanted in the study")
+    p.add_argument("--timeout", type=float, help="tune: stop starting trials after S seconds")
+    p.add_argument("--jobs", type=int, default=1, help="tune: worker processes sharing the study")
+    p.add_argument("--storage", help="tune: Optuna RDB URL (default: SQLite in the study folder)")
+    p.add_argument("--study", help="tune: study name (default: the study folder's name)")
+    p.add_argument("--metric", help="tune: the validation metric to optimise (default: the model's monitor)")
+    p.add_argument("--direction", choices=("max", "min"), help="tune: maximise or minimise --metric")
+    p.add_argument("--pruner", choices=("median", "hyperband", "none"), default="median", help="tune: pruning")
+    p.add_argument("--stale-after", type=int, default=60, help="tune: seconds without heartbeat before a trial fails")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--host", default="127.0.0.1", help="serve: address to listen on")
     p.add_argument("--port", type=int, default=8000, help="serve: port")
     p.add_argument("--workers", type=int, default=1, help="serve: server processes")
@@ -186,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str]) -> int:
     command = argv.pop(0) if argv and argv[0] in COMMANDS else "fit"
+    argv = list(argv)
     args, extras = zoo_parser().parse_known_args(argv)
     if args.list:
         print(format_listing(scan_models()))
@@ -227,7 +243,17 @@ def _main(argv: list[str]) -> int:
         raise ZooUserError(f"unknown option --optimizer: {OPTIMIZER_HINT}")
     if unknown:
         raise ZooUserError(f"unknown option {unknown[0]} (see `python train.py --help`)")
+    if command == "tune":
+        from zoo.catalog import _find
+        from zoo.tune import run_tune
+
+        data = data_name or _find(scan_models(), model_name)["datamodule"]
+        return run_tune(args, model_name, data, translate(args, extras), argv)
     from zoo.training import fit_and_test
 
     cli_args = translate(args, extras) + (["--help"] if args.help_full else [])
     return fit_and_test(model_name, data_name, args, cli_args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -144,6 +144,7 @@ class ZooCLI(LightningCLI):
             ScheduleLengthCheck(),
             cb.Timer(),
         ]
+        callbacks += list(getattr(args, "extra_callbacks", []))  # e.g. train.py tune's pruning callback
         if args.debug_stats:  # hooks only with this switch (zoo/callbacks/health.py, inspect_images.py)
             layers = None if args.debug_layers == "*" else args.debug_layers
             callbacks += [ActivationStats(args.debug_every, args.debug_layers),
@@ -192,6 +193,12 @@ def fit_and_test(model_name: str, data_name: str | None, args: argparse.Namespac
             and trainer.is_global_zero and (notice := bf16_notice()):
         print(notice)
     try:
+        found = _find_before_fit(cli, args) if (args.lr_find or args.batch_size_find) and not cli.resume_ckpt else {}
+    except ValueError as exc:  # the finders step the model's own schedule; OneCycle ends after the planned steps
+        cli.cleanup()
+        raise ZooUserError(f"the finders ran past the model's LR schedule ({str(exc).splitlines()[0]}); give the run "
+                           "more steps or pass --model.scheduler none") from None
+    try:
         _writing(cli, _save_config, cli)
         if cli.resume_ckpt is not None:
             check_checkpoint(cli.resume_ckpt, cli.model, entry.name, data_name)
@@ -217,7 +224,7 @@ def fit_and_test(model_name: str, data_name: str | None, args: argparse.Namespac
     extra = {"epochs": epochs, "fit_time_s": round(fit_time, 3),
              "train_time_s": round(timer.time_elapsed("train"), 3) if timer else None,
              "best_checkpoint": best or None, "model": entry.name, "data": data_name,
-             "seed": cli.config.seed_everything, "global_step": trainer.global_step}
+             "seed": cli.config.seed_everything, "global_step": trainer.global_step, **found}
     if is_overridden("test_step", cli.model):
         for result in _run_stage(cli, trainer.test, ckpt_path=best or None) or []:
             metrics.update(result)
@@ -232,6 +239,29 @@ def fit_and_test(model_name: str, data_name: str | None, args: argparse.Namespac
                   f"{best or 'the last one'}")
     finish_logger(trainer.logger)
     return 130 if trainer.interrupted else 0
+
+
+def _find_before_fit(cli: ZooCLI, args: argparse.Namespace) -> dict[str, float]:
+    """Lightning's batch-size and learning-rate finders (``--batch-size-find``, ``--lr-find``); the values found
+    go into the model / DataModule, config.yaml and metrics.json, the LR finder's plot into ``artifacts/``."""
+    from lightning.pytorch.tuner import Tuner
+
+    from zoo.artifacts import log_figure
+
+    tuner, found = Tuner(cli.trainer), {}
+    if args.batch_size_find:
+        size = tuner.scale_batch_size(cli.model, datamodule=cli.datamodule, mode="power", max_trials=6)
+        found["batch_size_find/batch_size"] = cli.config.data.batch_size = int(size)
+        print(f"batch-size finder: {size}")
+    if args.lr_find:
+        finder = tuner.lr_find(cli.model, datamodule=cli.datamodule, min_lr=1e-6, max_lr=1.0, num_training=50)
+        lr = finder.suggestion() if finder is not None else None
+        if lr is None:
+            raise ZooUserError("the learning-rate finder found no suggestion (too few steps?); leave out --lr-find")
+        found["lr_find/lr"] = cli.config.model.lr = float(lr)
+        log_figure(cli.trainer, "lr_find", finder.plot(suggest=True))
+        print(f"learning-rate finder: {lr:.3g}")
+    return found
 
 
 def _run_stage(cli: ZooCLI, stage: Any, ckpt_path: Any) -> Any:
