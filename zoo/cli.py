@@ -110,27 +110,34 @@ def zoo_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _model_from_configs(configs: list[str]) -> tuple[str | None, str | None]:
-    """``zoo.model`` / ``zoo.data`` from the YAML configs (written into every run's config.yaml)."""
+def load_yaml_mapping(path: str, what: str) -> dict[str, Any]:
+    """A YAML file that must hold a mapping (a config, a search space): its dict ({} when empty), or one line
+    naming the file, the line and the problem."""
     import yaml
 
+    file = Path(path)
+    if not file.is_file():
+        raise ZooUserError(f"{what} '{path}' does not exist")
+    text = file.read_text()
+    try:
+        config = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        tabs = "; YAML indents with spaces, not tabs" if "\t" in text else ""
+        raise ZooUserError(f"{what} '{path}' is not valid YAML{where}: {getattr(exc, 'problem', None) or exc}{tabs}") \
+            from None
+    if config is not None and not isinstance(config, dict):
+        raise ZooUserError(f"{what} '{path}' holds a {type(config).__name__}; it must be a mapping (see a run's "
+                           "config.yaml)")
+    return config or {}
+
+
+def _model_from_configs(configs: list[str]) -> tuple[str | None, str | None]:
+    """``zoo.model`` / ``zoo.data`` from the YAML configs (written into every run's config.yaml)."""
     model = data = None
     for cfg in configs:
-        path = Path(cfg)
-        if not path.is_file():
-            raise ZooUserError(f"config file '{cfg}' does not exist")
-        try:
-            config = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            tabs = "; YAML indents with spaces, not tabs" if "\t" in path.read_text() else ""
-            raise ZooUserError(f"config file '{cfg}' is not valid YAML{where}: "
-                               f"{getattr(exc, 'problem', None) or exc}{tabs}") from None
-        if config is not None and not isinstance(config, dict):
-            raise ZooUserError(f"config file '{cfg}' holds a {type(config).__name__}; a config is a mapping with "
-                               "model:, data:, trainer: sections (see a run's config.yaml)")
-        zoo_section = (config or {}).get("zoo") or {}
+        zoo_section = load_yaml_mapping(cfg, "config file").get("zoo") or {}
         model, data = zoo_section.get("model", model), zoo_section.get("data", data)
     return model, data
 

@@ -43,15 +43,11 @@ def load_space(path: str, model: str, data: str) -> dict[str, dict[str, Any]]:
     """The search space of a YAML file, validated (one-line errors naming the key) before any trial runs."""
     from zoo.catalog import _find, init_params, scan_datamodules, scan_models
 
-    file = Path(path)
-    if not file.is_file():
-        raise ZooUserError(f"search space '{path}' does not exist; pass --space FILE.yaml")
-    try:
-        space = yaml.safe_load(file.read_text())
-    except yaml.YAMLError as exc:
-        raise ZooUserError(f"search space '{path}' is not valid YAML: {getattr(exc, 'problem', exc)}") from None
-    if not isinstance(space, dict) or not space:
-        raise ZooUserError(f"search space '{path}' must map keys such as model.lr to distributions")
+    from zoo.cli import load_yaml_mapping
+
+    space = load_yaml_mapping(path, "search space")
+    if not space:
+        raise ZooUserError(f"search space '{path}' is empty; map keys such as model.lr to distributions")
     import lightning
 
     known = {"model": {p.name for p in init_params(_find(scan_models(), model)["class"])},
