@@ -54,7 +54,7 @@ def load_datamodule(ckpt: dict[str, Any], entry: ModelEntry) -> L.LightningDataM
 def run_predict(args: argparse.Namespace) -> int:
     if not args.ckpt_path or not args.input:
         raise ZooUserError("predict needs --ckpt-path PATH and --input PATH")
-    if not Path(args.input).exists():
+    if args.input != "all" and not Path(args.input).exists():  # `all`: every user (recommenders)
         raise ZooUserError(f"--input '{args.input}' does not exist")
     entry, model, ckpt, _ = load_zoo_checkpoint(args.ckpt_path, args.runs_dir, args.model)
     if not is_overridden("write_predictions", model, parent=ZooModule):
