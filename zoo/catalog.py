@@ -96,8 +96,9 @@ def _linked(data_entry: dict[str, Any], model_params: set[str]) -> set[str]:
 
 
 def check_data_fits(model: str, data: str) -> None:
-    """Refuse (before torch is imported) a DataModule that does not provide what the model takes from its data:
-    the fields its default DataModule links into it (``num_classes``, ``in_channels``, ...)."""
+    """Refuse (before torch is imported) a DataModule that provides less than half of what the model takes from
+    its data (the fields its default DataModule links into it: ``num_classes``, ``in_channels``, ...). The
+    rest keep the model's defaults (``resnet`` on ``mnist`` keeps ``task=multiclass``)."""
     from zoo.registry import UnknownNameError, close_matches_message
 
     entry = _find(scan_models(), model)
@@ -107,10 +108,15 @@ def check_data_fits(model: str, data: str) -> None:
         raise UnknownNameError(close_matches_message(data, known, "datamodule"))
     params = {p.name for p in init_params(entry["class"])}
     needed = _linked(_find(data_entries, entry["datamodule"]), params)
-    if needed - _linked(_find(data_entries, data), params):
-        fits = [e["name"] for e in data_entries if needed <= _linked(e, params)]
-        raise ZooUserError(f"data '{data}' does not fit model '{entry['name']}': it does not provide "
-                           f"{', '.join(sorted(needed))}; use one of: {', '.join(fits)}")
+
+    def fits(e: dict[str, Any]) -> bool:  # at least half of what the model takes from its default data
+        return 2 * len(needed & _linked(e, params)) >= len(needed)
+
+    if needed and not fits(_find(data_entries, data)):
+        best = max(len(needed & _linked(e, params)) for e in data_entries)
+        closest = [e["name"] for e in data_entries if len(needed & _linked(e, params)) == best]
+        raise ZooUserError(f"data '{data}' does not fit model '{entry['name']}': it provides too little of "
+                           f"{', '.join(sorted(needed))}; use one of: {', '.join(closest)}")
 
 
 class Param(NamedTuple):
