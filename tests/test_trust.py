@@ -347,3 +347,10 @@ def test_an_unwritable_metrics_file_is_one_line(tmp_path: Path, capsys, monkeypa
     assert run(tmp_path, *TINY) == 2
     line = last_error(capsys)
     assert "Read-only file system" in line and "intact checkpoints: best.ckpt, last.ckpt" in line
+
+
+def test_data_that_fits_is_not_refused() -> None:
+    from zoo.catalog import check_data_fits
+
+    for model, data in (("resnet", "mnist"), ("gan", "fashion_mnist"), ("gnn", "cora_link"), ("bert", "sst2")):
+        check_data_fits(model, data)  # raises for data that does not fit
