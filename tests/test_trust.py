@@ -354,3 +354,7 @@ def test_data_that_fits_is_not_refused() -> None:
 
     for model, data in (("resnet", "mnist"), ("gan", "fashion_mnist"), ("gnn", "cora_link"), ("bert", "sst2")):
         check_data_fits(model, data)  # raises for data that does not fit
+
+
+def test_max_steps_ending_mid_epoch_finishes(tmp_path: Path) -> None:
+    assert run(tmp_path, *tiny(trainer__limit_train_batches="10"), "--trainer.max_steps", "5") == 0

@@ -151,7 +151,9 @@ class ZooCLI(LightningCLI):
                           GradientHealth(args.debug_every, args.debug_layers), ImageInsight(layers)]
         patience = args.patience if args.patience is not None else self.model.default_patience
         if monitor and patience > 0 and not args.no_early_stopping:
-            callbacks.append(cb.EarlyStopping(monitor=monitor, mode=mode, patience=patience, check_finite=True))
+            # checked after validation only: a --trainer.max_steps end mid-epoch has no validation metric yet
+            callbacks.append(cb.EarlyStopping(monitor=monitor, mode=mode, patience=patience, check_finite=True,
+                                              check_on_train_epoch_end=False))
         user_logger = self.config.trainer.logger not in (None, True)
         logger = None if user_logger else build_logger(args, self.run_dir, self.entry.name)
         plugins = {} if self.config.trainer.plugins else {"plugins": [AtomicCheckpointIO()]}
