@@ -2,7 +2,8 @@
 
 One fixed workload (the zoo CNN on real MNIST, ``--trainer.limit_train_batches N``, one epoch) runs as a fresh
 ``train.py`` process under each policy: OpenMP's default (idle threads spin), ``OMP_WAIT_POLICY=PASSIVE``
-(idle threads sleep; what train.py sets unless the variable is given), and one thread (``--threads 1``).
+(idle threads sleep at once), a short spin (``GOMP_SPINCOUNT=10000``: libgomp spins briefly, then sleeps) and
+one thread (``--threads 1``).
 "busy" starts ``--load`` processes of pure-Python busy loops beside it (the other jobs of a shared machine).
 Prints seconds per policy and the ratio to the spinning default.
 
@@ -22,7 +23,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 POLICIES = {"active (OpenMP default)": ({"OMP_WAIT_POLICY": "ACTIVE"}, []),
-            "passive (train.py default)": ({"OMP_WAIT_POLICY": "PASSIVE"}, []),
+            "passive": ({"OMP_WAIT_POLICY": "PASSIVE"}, []),
+            "short spin (GOMP_SPINCOUNT=10000)": ({"GOMP_SPINCOUNT": "10000"}, []),
             "one thread": ({"OMP_WAIT_POLICY": "PASSIVE"}, ["--threads", "1"])}
 
 
@@ -32,11 +34,12 @@ def _spin(stop: float) -> None:
 
 
 def timed_run(data_dir: str, batches: int, env: dict[str, str], extra: list[str]) -> float:
+    env = {**{k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}, **env}
     with tempfile.TemporaryDirectory() as tmp:
         args = [sys.executable, "train.py", "--model", "cnn", "--data", "mnist", "--data-dir", data_dir,
                 "--max-epochs", "1", "--trainer.limit_train_batches", str(batches), "--trainer.limit_val_batches", "20",
                 "--trainer.limit_test_batches", "1", "--no-early-stopping", "--runs-dir", tmp, *extra]
-        subprocess.run(args, cwd=REPO, env={**os.environ, **env}, check=True, capture_output=True)
+        subprocess.run(args, cwd=REPO, env=env, check=True, capture_output=True)
         (metrics,) = Path(tmp).glob("cnn/*/metrics.json")
         return json.loads(metrics.read_text())["fit_time_s"]
 

@@ -188,8 +188,8 @@ def device_settings(gpus: int | None, num_nodes: int | None) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: returns the exit code (2 for a user mistake, printed as one line)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if "torch" not in sys.modules:  # read once by OpenMP when torch loads (benchmarks/bench_threads.py)
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle threads sleep: no collapse on a busy CPU
+    if "torch" not in sys.modules and not {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT"} & set(os.environ):
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"  # read by OpenMP when torch loads (benchmarks/bench_threads.py)
     try:
         return _main(argv)
     except ZooUserError as exc:
