@@ -47,6 +47,12 @@ def new_run_dir(root: str | Path, model: str, output_dir: str | None) -> Path:
     raise ZooUserError(f"cannot create a new run folder under '{base.parent}'")
 
 
+def global_rank() -> int:
+    """This process's global rank as a launcher announces it (torchrun: ``RANK``, srun: ``SLURM_PROCID``,
+    Lightning's own launcher: ``LOCAL_RANK`` on one node); 0 for a single process."""
+    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", os.environ.get("LOCAL_RANK", "0"))))
+
+
 def launched_run_dir(root: str | Path, model: str, output_dir: str | None) -> Path | None:
     """The one run folder of a multi-process launch that started every rank itself (torchrun, SLURM's srun),
     or None for a single process / Lightning's own launcher. Global rank 0 creates the folder; the others learn
@@ -54,7 +60,7 @@ def launched_run_dir(root: str | Path, model: str, output_dir: str | None) -> Pa
     world = int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1")))
     if world <= 1:
         return None
-    rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
+    rank = global_rank()
     if os.environ.get("TORCHELASTIC_RUN_ID") is not None:
         from datetime import timedelta
 
@@ -189,8 +195,8 @@ def build_logger(args: Any, run_dir: Path, model_name: str) -> Any:
 
     kind = args.logger
     if kind == "csv":  # a resumed run logs beside the earlier process's metrics.csv (CSVLogger would replace it)
-        first = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0  # only rank 0 writes logs
-        return loggers.CSVLogger(save_dir=run_dir, name="", version=free_name(run_dir, "logs").name if first else "logs")
+        version = free_name(run_dir, "logs").name if global_rank() == 0 else "logs"  # only rank 0 writes logs
+        return loggers.CSVLogger(save_dir=run_dir, name="", version=version)
     if kind == "tensorboard":
         try:
             return loggers.TensorBoardLogger(save_dir=run_dir, name="", version="tensorboard")

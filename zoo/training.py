@@ -33,7 +33,7 @@ from zoo.errors import ZooUserError
 from zoo.precision import bf16_notice
 from zoo.registry import ModelEntry, get_datamodule_class, get_model_entry
 from zoo.runs import (atomic_write_text, build_logger, check_checkpoint, finish_logger, free_name, is_wandb,
-                      launched_run_dir, new_run_dir, remember_wandb_id, resolve_resume, write_metrics)
+                      global_rank, launched_run_dir, new_run_dir, remember_wandb_id, resolve_resume, write_metrics)
 
 __all__ = ["ZooCLI", "fit_and_test"]
 
@@ -96,7 +96,7 @@ class ZooCLI(LightningCLI):
             self.run_dir = Path(os.environ[RUN_DIR_ENV])  # a worker of Lightning's launcher joins rank 0's folder
         elif (launched := launched_run_dir(args.runs_dir, self.entry.name, args.output_dir)) is not None:
             self.run_dir = launched  # torchrun / SLURM: every rank in the folder global rank 0 made
-            self.created_run_dir = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0
+            self.created_run_dir = global_rank() == 0
         else:
             self.run_dir = new_run_dir(args.runs_dir, self.entry.name, args.output_dir)
             self.created_run_dir = True

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from lightning.pytorch.callbacks import Callback
 
 from zoo.errors import ZooUserError
 
@@ -92,30 +93,24 @@ def suggest(trial: Any, space: dict[str, dict[str, Any]]) -> list[str]:
     return out
 
 
-class PruningCallback:
+class PruningCallback(Callback):
     """Reports the monitored metric to the Optuna trial after every validation and stops a trial the pruner
     gives up on (a small own callback: optuna-integration's targets other Lightning versions)."""
 
-    def __new__(cls, trial: Any, metric: str, direction: str) -> Any:
-        from lightning.pytorch.callbacks import Callback
+    def __init__(self, trial: Any, metric: str, direction: str) -> None:
+        self.trial, self.metric, self.best = trial, metric, None
+        self.maximize, self.pruned = direction == "maximize", False
 
-        class _Pruning(Callback):
-            def __init__(self) -> None:
-                self.trial, self.metric, self.best = trial, metric, None
-                self.maximize, self.pruned = direction == "maximize", False
-
-            def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
-                if trainer.sanity_checking or self.metric not in trainer.callback_metrics:
-                    return
-                value = float(trainer.callback_metrics[self.metric])
-                better = self.best is None or (value > self.best if self.maximize else value < self.best)
-                self.best = value if better else self.best
-                self.trial.report(value, trainer.current_epoch)
-                if self.trial.should_prune():
-                    self.pruned = True
-                    trainer.should_stop = True
-
-        return _Pruning()
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        if trainer.sanity_checking or self.metric not in trainer.callback_metrics:
+            return
+        value = float(trainer.callback_metrics[self.metric])
+        better = self.best is None or (value > self.best if self.maximize else value < self.best)
+        self.best = value if better else self.best
+        self.trial.report(value, trainer.current_epoch)
+        if self.trial.should_prune():
+            self.pruned = True
+            trainer.should_stop = True
 
 
 def _study(args: argparse.Namespace, folder: Path, direction: str) -> Any:
