@@ -76,7 +76,8 @@ def loso(args: argparse.Namespace, tmp: Path) -> None:
         print(f"[loso] test speaker {speaker:9s} acc {100 * m['test/acc']:.2f} %  F1 {m['test/f1']:.4f}  "
               f"train {m['train_time_s']:.1f} s  load {load()}", flush=True)
     worst = min(accs, key=accs.get)
-    print(f"\nFSDD leave-one-speaker-out ({len(accs)} rotations), {args.loso_epochs} epochs each: mean {100 * statistics.mean(accs.values()):.2f} %"
+    print(f"\nFSDD leave-one-speaker-out ({len(accs)} rotations), {args.loso_epochs} epochs each: "
+          f"mean {100 * statistics.mean(accs.values()):.2f} %"
           f", worst {100 * accs[worst]:.2f} % ({worst}), best {100 * max(accs.values()):.2f} %")
 
 
@@ -144,7 +145,8 @@ def main() -> None:
     p.add_argument("--tp-reps", type=int, default=3)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"threads {args.threads} (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}), load {open('/proc/loadavg').read().strip()}")
+    print(f"threads {args.threads} (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}), "
+          f"load {open('/proc/loadavg').read().strip()}")
     with tempfile.TemporaryDirectory() as tmp:
         for part in args.parts.split(","):
             {"official": lambda: official(args, Path(tmp)), "loso": lambda: loso(args, Path(tmp)),

@@ -91,7 +91,8 @@ def throughput(args) -> float:
     t0 = time.perf_counter()
     dm_plain.setup("fit")
     print(f"zoo tokenisation of {len(dm_plain.splits['train'][0]) + len(dm_plain.splits['val'][0])} train+val "
-          f"and {len(dm_plain.splits['test'][0])} test sentences (plus reading 67k rows): {time.perf_counter() - t0:.1f} s")
+          f"and {len(dm_plain.splits['test'][0])} test sentences (plus reading 67k rows): "
+          f"{time.perf_counter() - t0:.1f} s")
     dm_bucket.setup("fit")
     table = dm_plain._prepare()[0]["train"]
     texts, labels = table.texts, [dm_plain.class_names.index(y) for y in table.labels]
@@ -114,7 +115,8 @@ def throughput(args) -> float:
     print(f"throughput (median of {args.rounds} interleaved rounds of {args.steps} steps, batch {args.batch_size}, "
           f"max_length {args.max_length}): zoo {med['zoo']:.1f}, plain {med['plain']:.1f}, "
           f"zoo_bucket {med['zoo_bucket']:.1f} sentences/s")
-    print(f"ratio zoo/plain = {med['zoo'] / med['plain']:.3f}; zoo_bucket/plain = {med['zoo_bucket'] / med['plain']:.3f}")
+    print(f"ratio zoo/plain = {med['zoo'] / med['plain']:.3f}; "
+          f"zoo_bucket/plain = {med['zoo_bucket'] / med['plain']:.3f}")
     return med["zoo_bucket"]
 
 
@@ -141,7 +143,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
     p.add_argument("--budget-s", type=float, default=900.0, help="training time budget of the accuracy run")
-    p.add_argument("--train-sentences", type=int, default=None, help="fixed training-set size (default: from throughput)")
+    p.add_argument("--train-sentences", type=int, default=None,
+                   help="fixed training-set size (default: from throughput)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-length", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-4)

@@ -4,7 +4,8 @@ overhead: seconds per training step of the zoo CNN and ResNet-18 (stem stride 2)
 hooks at all) and on at the default interval (every 50 steps), alternating off/on/on/off after a warm-up.
 demo: a 10-layer sigmoid MLP with a bad init (weights N(0, 0.05^2)) must raise the vanishing warning, the same
 depth with ReLU + Kaiming init + batch norm must stay silent, and the ReLU + Kaiming net (without batch norm) at
-learning rate 10 must raise the exploding warning. Each demo's gradient-norm heat map is copied to ``--out`` (the README shows them).
+learning rate 10 must raise the exploding warning. Each demo's gradient-norm heat map is copied to ``--out`` (the
+README shows them).
 
     python benchmarks/bench_debug.py --data-dir ../shared/data --threads 2 --out benchmarks/results
 """
@@ -78,7 +79,8 @@ def step_time(model: str, data_dir: str, debug: bool, batches: int, extra: list[
     with tempfile.TemporaryDirectory() as tmp:
         args = ["--model", model, "--data", "mnist", "--data-dir", data_dir, "--max-epochs", "1", "--runs-dir", tmp,
                 "--trainer.limit_train_batches", str(batches), "--trainer.limit_val_batches", "0",
-                "--trainer.limit_test_batches", "1", "--no-early-stopping", *extra] + (["--debug-stats"] if debug else [])
+                "--trainer.limit_test_batches", "1",
+                "--no-early-stopping", *extra] + (["--debug-stats"] if debug else [])
         assert zoo_main(args) == 0
         (metrics,) = Path(tmp).glob(f"{model}/*/metrics.json")
         return json.loads(metrics.read_text())["train_time_s"] / batches
@@ -90,6 +92,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--parts", default="demo,overhead")
     parser.add_argument("--reps", type=int, default=2)
+    parser.add_argument("--models", default="cnn,resnet", help="overhead part: which models (comma-separated)")
     parser.add_argument("--out", type=Path, help="copy the demo heat maps here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -103,14 +106,18 @@ def main() -> None:
     if "overhead" in args.parts:
         for model, batches, extra in (("cnn", 200, []), ("resnet", 60, ["--model.stem_stride", "2",
                                                                           "--model.pretrained", "false"])):
+            if model not in args.models.split(","):
+                continue
             step_time(model, args.data_dir, False, 5, extra)  # warm-up: imports, oneDNN kernels
             times: dict[bool, list[float]] = {False: [], True: []}
             for rep in range(args.reps):
                 for debug in ((False, True) if rep % 2 == 0 else (True, False)):
                     times[debug].append(step_time(model, args.data_dir, debug, batches, extra))
             off, on = statistics.mean(times[False]), statistics.mean(times[True])
+            pairs = " ".join(f"{b / a:.3f}" for a, b in zip(times[False], times[True]))
             print(f"overhead {model:6s}: off {1000 * off:.1f} ms/step, on (every 50 steps) {1000 * on:.1f} ms/step "
-                  f"= {on / off:.3f}x ({args.reps} alternating pairs of {batches} steps)")
+                  f"= {on / off:.3f}x ({args.reps} alternating pairs of {batches} steps; per pair {pairs}; "
+                  f"load {open('/proc/loadavg').read().split()[0]})")
 
 
 if __name__ == "__main__":

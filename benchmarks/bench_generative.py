@@ -5,6 +5,12 @@ Usage:
     nice python benchmarks/bench_generative.py --parts ring,gan,ae --data-dir ../shared/data
 
 Prints one line per run and a summary; copies a few sample PNGs to ``benchmarks/results/``.
+
+Part ``ring`` reads ``recipes/gan2d_ring2d.yaml`` (``--ring-recipe``; the README row, one seed of which is
+``python train.py -c recipes/gan2d_ring2d.yaml``): model, data and trainer options, and the first seed; every
+seed also seeds the data. ``--ring-epochs`` overrides the recipe's ``trainer.max_epochs`` (and the plot interval).
+Part ``ae`` reads ``recipes/autoencoder_mnist.yaml`` (``--ae-recipe``) the same way; ``--ae-epochs`` and
+``--anomaly-digit`` override it.
 """
 from __future__ import annotations
 
@@ -28,6 +34,11 @@ from zoo.datamodules.points import Ring2DDataModule  # noqa: E402
 from zoo.models.autoencoder import Autoencoder  # noqa: E402
 from zoo.models.gan import GAN, PointGAN  # noqa: E402
 
+from _recipes import load_recipe, recipe_path  # noqa: E402
+
+FIT_TEST_FIXED = ("accelerator", "devices", "logger", "enable_checkpointing", "enable_progress_bar",
+                  "enable_model_summary", "default_root_dir", "num_sanity_val_steps")
+
 
 def fit_test(model: L.LightningModule, dm: L.LightningDataModule, root: Path, **trainer_kw) -> tuple[dict, float]:
     """Fit then test on CPU in ``root``; returns (test metrics, fit seconds)."""
@@ -49,17 +60,22 @@ def keep(root: Path, prefix: str, dest: Path) -> None:
 
 
 def bench_ring(args: argparse.Namespace, tmp: Path) -> dict:
-    rows = []
-    for seed in range(args.seeds):
+    cfg = load_recipe(args.ring_recipe, model="gan2d")
+    model_kw = dict(cfg["model"])
+    trainer_kw = {k: v for k, v in cfg["trainer"].items() if k not in FIT_TEST_FIXED}
+    if args.ring_epochs is not None:
+        trainer_kw["max_epochs"] = model_kw["sample_every"] = args.ring_epochs
+    rows, first = [], cfg["seed_everything"]
+    for seed in range(first, first + args.seeds):
         L.seed_everything(seed, verbose=False)
-        dm = Ring2DDataModule(seed=seed)
-        model = PointGAN(sample_every=args.ring_epochs)
-        out, fit_s = fit_test(model, dm, tmp / f"ring{seed}", max_epochs=args.ring_epochs, limit_val_batches=0)
+        dm = Ring2DDataModule(**{**cfg["data"], "seed": seed})
+        model = PointGAN(**model_kw)
+        out, fit_s = fit_test(model, dm, tmp / f"ring{seed}", **trainer_kw)
         rows.append(out)
         print(f"ring2d seed {seed}: modes {out['test/modes']:.0f}/8  hq_frac {out['test/hq_frac']:.3f}  "
               f"(real data {out['test/hq_frac_real']:.3f})  fit {fit_s:.0f}s", flush=True)
-        if seed == 0:
-            keep(tmp / "ring0", "samples", args.results / "ring2d_samples.png")
+        if seed == first:
+            keep(tmp / f"ring{seed}", "samples", args.results / "ring2d_samples.png")
     return {"ring_modes_mean": statistics.mean(r["test/modes"] for r in rows),
             "ring_hq_frac_mean": statistics.mean(r["test/hq_frac"] for r in rows),
             "ring_modes_min": min(r["test/modes"] for r in rows)}
@@ -83,13 +99,20 @@ def bench_gan(args: argparse.Namespace, tmp: Path) -> dict:
 
 
 def bench_ae(args: argparse.Namespace, tmp: Path) -> dict:
-    L.seed_everything(0, verbose=False)
-    dm = MNISTDataModule(data_dir=args.data_dir, batch_size=128, augment="none")
-    model = Autoencoder(num_classes=10, in_channels=1, image_size=28, arch="conv", latent_dim=16, width=16,
-                        anomaly_classes=(args.anomaly_digit,), sample_every=args.ae_epochs)
-    out, fit_s = fit_test(model, dm, tmp / "ae", max_epochs=args.ae_epochs)
+    cfg = load_recipe(args.ae_recipe, model="autoencoder")
+    model_kw = dict(cfg["model"])
+    trainer_kw = {k: v for k, v in cfg["trainer"].items() if k not in FIT_TEST_FIXED}
+    if args.ae_epochs is not None:
+        trainer_kw["max_epochs"] = model_kw["sample_every"] = args.ae_epochs
+    if args.anomaly_digit is not None:
+        model_kw["anomaly_classes"] = [args.anomaly_digit]
+    held_out = ", ".join(str(c) for c in model_kw.get("anomaly_classes", ()))
+    L.seed_everything(cfg["seed_everything"], verbose=False)
+    dm = MNISTDataModule(data_dir=args.data_dir, **cfg["data"])
+    model = Autoencoder(num_classes=dm.num_classes, in_channels=dm.in_channels, image_size=dm.image_size, **model_kw)
+    out, fit_s = fit_test(model, dm, tmp / "ae", **trainer_kw)
     keep(tmp / "ae", "reconstructions", args.results / "conv_ae_mnist_reconstructions.png")
-    print(f"conv autoencoder mnist (digit {args.anomaly_digit} held out): test MSE normal {out['test/mse']:.4f}, "
+    print(f"conv autoencoder mnist (digit {held_out} held out): test MSE normal {out['test/mse']:.4f}, "
           f"held-out {out['test/mse_anomalous']:.4f}; anomaly AUROC {out['test/auroc']:.3f}; fit {fit_s:.0f}s",
           flush=True)
     return {"ae_fit_s": fit_s, **{k: out[k] for k in ("test/mse", "test/mse_anomalous", "test/auroc")}}
@@ -100,10 +123,13 @@ def main() -> None:
     p.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
     p.add_argument("--parts", default="ring,gan,ae", help="comma-separated: ring, gan, ae")
     p.add_argument("--seeds", type=int, default=5)
-    p.add_argument("--ring-epochs", type=int, default=100, help="epochs of 128 batches (65,536 points / 512)")
+    p.add_argument("--ring-recipe", type=Path, default=recipe_path("gan2d_ring2d"), help="the ring part's recipe")
+    p.add_argument("--ring-epochs", type=int, default=None,
+                   help="epochs of 128 batches (65,536 points / 512); default: the recipe's, 100")
     p.add_argument("--gan-minutes", type=float, default=10.0, help="DCGAN training budget (wall-clock minutes)")
-    p.add_argument("--ae-epochs", type=int, default=3)
-    p.add_argument("--anomaly-digit", type=int, default=9)
+    p.add_argument("--ae-recipe", type=Path, default=recipe_path("autoencoder_mnist"), help="the ae part's recipe")
+    p.add_argument("--ae-epochs", type=int, default=None, help="default: the recipe's, 3")
+    p.add_argument("--anomaly-digit", type=int, default=None, help="default: the recipe's anomaly_classes, 9")
     p.add_argument("--threads", type=int, default=2, help="torch threads (1 is faster on an oversubscribed CPU)")
     p.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
     args = p.parse_args()

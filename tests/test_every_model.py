@@ -27,6 +27,9 @@ TINY: dict[str, list[str]] = {
     "densenet": ["--model.backbone", "densenet121", "--data.batch_size", "16"],
     "audio_cnn": ["--data.samples_per_class", "20", "--data.batch_size", "16"],
     "mlp": ["--model.hidden", "[16]"],
+    "semi_supervised": ["--data.labelled_per_class", "10", "--model.mu", "2"],
+    "detector": ["--data.num_images", "14", "--data.batch_size", "4", "--model.fpn_channels", "32",
+                 "--model.proposals", "32"],
     "gpt": ["--model.n_layer", "1", "--model.n_embd", "32", "--model.n_head", "2", "--model.sample_tokens", "20",
             "--model.predict_tokens", "20", "--data.block_size", "16"],
 }
@@ -65,7 +68,7 @@ SAMPLE_INPUT: dict[str, Callable[[Path], Path]] = {
     "sounds": lambda path: (__import__("soundfile").write(path / "tone.wav", np.sin(np.arange(6000) / 4), 8000),
                             path / "tone.wav")[1],
     "digits": _digits, "digits_rgb": _digits, "sentiment": _texts, "timeseries": _series, "style_content": _photo,
-    "karate": lambda path: path, "style_pair": _photo, "ring2d": lambda path: path,
+    "karate": lambda path: path, "detection_scenes": _photo, "style_pair": _photo, "ring2d": lambda path: path,
     "tabular": lambda path: __import__("tests.test_tabular", fromlist=["sample_rows"]).sample_rows(path),
     "lm": lambda path: (path / "prompt.txt").write_text("The ") and path / "prompt.txt",
     "ratings": lambda path: (path / "users.txt").write_text("1\n2\nunknown-user\n") and path / "users.txt",

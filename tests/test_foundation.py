@@ -36,15 +36,6 @@ def test_unknown_names_list_close_matches() -> None:
         zoo.create_datamodule("minst")
 
 
-def test_fast_catalog_matches_runtime_registry() -> None:
-    scanned = {e["name"]: e for e in scan_models()}
-    assert set(scanned) == set(zoo.list_models())
-    assert {e["name"] for e in scan_datamodules()} == set(zoo.list_datamodules())
-    for name, e in scanned.items():
-        entry = get_model_entry(name)
-        assert (e["datamodule"], e["aliases"], e["defaults"]) == (entry.datamodule, entry.aliases, entry.defaults)
-
-
 def _runtime_params(cls: type) -> dict[str, object]:
     """Constructor arguments of ``cls`` and, while a signature ends in ``**kwargs``, of its bases."""
     params: dict[str, object] = {}
@@ -66,7 +57,7 @@ def test_fast_help_signatures_match_the_classes(kind: str) -> None:
     entries = scan_models() if kind == "model" else scan_datamodules()
     for e in entries:
         cls = get_model_entry(e["name"]).cls if kind == "model" else get_datamodule_class(e["name"])
-        fast = {p.name: p.default for p in init_params(e["class"])}
+        fast = {p.name: p.default for p in init_params(e["class"], e["module"])}
         runtime = _runtime_params(cls)
         assert list(fast) == list(runtime), e["name"]
         for name, default in fast.items():
@@ -77,7 +68,7 @@ def test_fast_help_signatures_match_the_classes(kind: str) -> None:
                 value = ast.literal_eval(default)
                 assert value == expected or (isinstance(expected, tuple) and list(expected) == value), (e["name"], name)
         if kind == "datamodule":
-            assert tuple(class_attribute(e["class"], "link_fields") or ()) == tuple(cls.link_fields)
+            assert tuple(class_attribute(e["class"], "link_fields", e["module"]) or ()) == tuple(cls.link_fields)
 
 
 def test_digits_split_is_disjoint_stratified_and_seeded() -> None:

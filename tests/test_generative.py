@@ -50,7 +50,8 @@ def test_dcgan_plan_and_bad_sizes():
 def test_dcgan_init_and_norms():
     d = DCGANDiscriminator(1, 8, width=16, norm="layer")
     conv = d.net[0]
-    assert abs(conv.weight.std().item() - 0.02) < 0.01 and not any(isinstance(m, torch.nn.BatchNorm2d) for m in d.modules())
+    assert abs(conv.weight.std().item() - 0.02) < 0.01
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in d.modules())
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in GAN(image_size=8).discriminator.modules())
 
 
@@ -85,7 +86,8 @@ def test_manual_optimisation_updates_only_the_intended_network(make_trainer, los
     g0, d0 = _snapshot(gan.generator), _snapshot(gan.discriminator)
     make_trainer(limit_train_batches=2, limit_val_batches=0).fit(gan, DigitsDataModule(batch_size=16))
     # step -> (changed G, changed D): D steps touch only D, G steps only G
-    expected = [("D", False, True), ("G", True, False), ("D", False, True)] + ([("G", True, False)] if n_critic == 1 else [])
+    expected = [("D", False, True), ("G", True, False), ("D", False, True)] + \
+        ([("G", True, False)] if n_critic == 1 else [])
     assert gan.record == expected
     assert _changed(g0, gan.generator) and _changed(d0, gan.discriminator)
     assert not gan.automatic_optimization
@@ -156,7 +158,7 @@ def test_samplers_write_pngs(make_trainer, tmp_path, with_logger):
     from PIL import Image
 
     grid = Image.open(_pngs(tmp_path, "samples")[0])
-    assert grid.size == (8 * 9 + 1, 8 * 9 + 1)  # 64 samples, 8x8 grid, 1-pixel gaps
+    assert grid.size == (8 * 66 + 2, 8 * 66 + 2)  # 64 samples, 8x8 grid, 8x8 digits enlarged to 64 px, 2-pixel gaps
 
 
 def test_autoencoder_and_vae_samplers(make_trainer, tmp_path):
@@ -233,7 +235,8 @@ def test_generative_models_learn_unaugmented_images(build_cli, model: str, augme
     """MNIST's preset augments (random shift) for classifiers; GANs and autoencoders get the images as they are."""
     cli = build_cli(model, "mnist", "--data.data_dir=/nonexistent")
     assert cli.datamodule.augment == augment
-    assert build_cli(model, "mnist", "--data.data_dir=/x", "--data.augment=flip_shift").datamodule.augment == "flip_shift"
+    cli = build_cli(model, "mnist", "--data.data_dir=/x", "--data.augment=flip_shift")
+    assert cli.datamodule.augment == "flip_shift"
 
 
 def test_augmenting_datamodule_warns_a_generative_model(make_trainer) -> None:

@@ -168,7 +168,8 @@ def test_predict_writes_csv(make_trainer, tmp_path):
     preds = make_trainer().predict(model, dm)
     path = model.write_predictions(preds, tmp_path / "pred", dm)
     rows = list(csv.DictReader(open(path)))
-    assert len(rows) == 34 and {r["pred"] for r in rows} <= {"0", "1", "2", "3"}
+    assert len(rows) == 34 and {r["prediction"] for r in rows} <= {"0", "1", "2", "3"}
+    assert all(abs(sum(float(r[f"p_{c}"]) for c in range(4)) - 1) < 1e-3 for r in rows)
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -194,7 +195,8 @@ def test_missing_raw_files_named(tmp_path):
     (tmp_path / "planetoid" / "Cora" / "raw").mkdir(parents=True)
     (tmp_path / "planetoid" / "Cora" / "raw" / "ind.cora.x").write_bytes(b"")
     dm = CoraDataModule(data_dir=str(tmp_path), cache_dir=str(tmp_path / "cache"))
-    with pytest.raises(ZooUserError, match=r"missing ind\.cora\.tx, .*ind\.cora\.test\.index in '.*planetoid/Cora/raw'"):
+    with pytest.raises(ZooUserError,
+                       match=r"missing ind\.cora\.tx, .*ind\.cora\.test\.index in '.*planetoid/Cora/raw'"):
         dm.in_channels
     with pytest.raises(ZooUserError, match="needs --data-dir"):
         CoraDataModule().in_channels

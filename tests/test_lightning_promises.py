@@ -172,3 +172,12 @@ def test_torchrun_ranks_share_one_run_folder(tmp_path: Path, nodes: int) -> None
     a, b = metrics_of(runs), metrics_of(tmp_path / "lightning")
     for key in ("test/acc", "test/loss", "val/acc"):
         assert a[key] == pytest.approx(b[key], abs=1e-6), key
+
+
+def test_max_time_stops_a_run_within_its_budget(tmp_path: Path) -> None:
+    """``--trainer.max_time`` is a hard budget (the zoo's own Timer carries it; Lightning would drop it)."""
+    args = [*TINY, "--max-epochs", "500", "--no-early-stopping", "--trainer.max_time", "00:00:00:03", "--threads", "1",
+            "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1", "--runs-dir", str(tmp_path)]
+    assert main(args) == 0
+    metrics = metrics_of(tmp_path)
+    assert metrics["epochs"] < 500 and metrics["train_time_s"] < 10

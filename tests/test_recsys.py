@@ -41,7 +41,10 @@ def test_official_fold_matches_the_files_and_keeps_test_out_of_train(tmp_path: P
     _ml100k(tmp_path / "movielens" / "ml-100k")
     dm = MovieLensDataModule(str(tmp_path), fold=2)
     dm.setup()
-    read = lambda name: pd.read_csv(tmp_path / "movielens" / "ml-100k" / name, sep="\t", header=None, dtype=str)
+
+    def read(name: str) -> pd.DataFrame:
+        return pd.read_csv(tmp_path / "movielens" / "ml-100k" / name, sep="\t", header=None, dtype=str)
+
     base, test = read("u2.base"), read("u2.test")
     assert len(dm.splits["test"][0]) == len(test) and len(dm.splits["train"][0]) + len(dm.splits["val"][0]) == len(base)
     seen = set(zip(base[0], base[1]))

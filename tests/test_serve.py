@@ -163,7 +163,7 @@ def test_cnn_health_info_and_predict_matches_train_py_predict(cnn_server: tuple,
     images = np.load(tmp_path / "digits.npy")
     as_json = {"inputs": [base64.b64encode(_png(images[0])).decode(), images[0].tolist()]}
     status, got = call(f"{url}/predict", json.dumps(as_json).encode())
-    assert status == 200 and [r["label"] for r in got["predictions"]] == [expected[0]["label"]] * 2
+    assert status == 200 and [r["prediction"] for r in got["predictions"]] == [expected[0]["prediction"]] * 2
     assert [r["input"] for r in got["predictions"]] == ["inputs[0]", "inputs[1]"]
 
 
@@ -221,7 +221,7 @@ def test_concurrent_requests_are_batched_and_sigterm_stops_cleanly(cnn_server: t
     with ThreadPoolExecutor(16) as pool:
         results = list(pool.map(lambda b: call(f"{url}/predict", b), bodies))
     assert all(status == 200 for status, _ in results)
-    labels = [got["predictions"][0]["label"] for _, got in results]
+    labels = [got["predictions"][0]["prediction"] for _, got in results]
     assert labels[:len(images)] * 8 == labels  # the same image gets the same answer in any batch
     after = call(f"{url}/health")[1]
     assert after["requests"] - before["requests"] == 48 and after["batches"] - before["batches"] < 48

@@ -26,8 +26,8 @@ def make_table(n: int = 240, seed: int = 0) -> pd.DataFrame:
     effect = pd.Series(c).map({"red": 1.5, "green": 0.0, "blue": -1.5}).to_numpy()
     score = 2 * a + effect + 0.1 * rng.normal(size=n)
     frame = pd.DataFrame({"a": a, "b": b, "c": c, "price": 100 * score + 500, "size": 3 * b - a,
-                          "sold": np.where(score > 0, "yes", "no"), "tier": pd.cut(score, [-np.inf, -1, 1, np.inf],
-                                                                                   labels=["low", "mid", "high"]).astype(str),
+                          "sold": np.where(score > 0, "yes", "no"),
+                          "tier": pd.cut(score, [-np.inf, -1, 1, np.inf], labels=["low", "mid", "high"]).astype(str),
                           "l1": (a > 0).astype(int), "l2": (effect > 0).astype(int)})
     frame.loc[rng.choice(n, 20, replace=False), "b"] = np.nan
     frame.loc[rng.choice(n, 10, replace=False), "c"] = None
@@ -42,8 +42,9 @@ def table_dm(frame: pd.DataFrame, tmp_path: Path, target, **kw) -> TabularDataMo
 
 
 def model_for(dm: TabularDataModule, **kw) -> TabularMLP:
-    return TabularMLP(task=dm.task, num_numeric=dm.num_numeric, cardinalities=dm.cardinalities, num_outputs=dm.num_outputs,
-                      target_mean=dm.target_mean, target_std=dm.target_std, hidden=(32, 32), dropout=0.0, lr=5e-3, **kw)
+    return TabularMLP(task=dm.task, num_numeric=dm.num_numeric, cardinalities=dm.cardinalities,
+                      num_outputs=dm.num_outputs, target_mean=dm.target_mean, target_std=dm.target_std,
+                      hidden=(32, 32), dropout=0.0, lr=5e-3, **kw)
 
 
 def sample_rows(path: Path) -> Path:
@@ -81,13 +82,16 @@ def test_transforms_are_fitted_on_training_rows_only(tmp_path: Path) -> None:
     frame = make_table()
     dm = table_dm(frame, tmp_path, "price", drop=FEATURES_ONLY[1:], scaling="standard")
     train = frame.iloc[dm.split_rows["train"]]
-    assert set(dm.split_rows["train"]).isdisjoint(dm.split_rows["test"]) and abs(len(dm.split_rows["val"]) - 0.16 * 240) <= 1
+    assert set(dm.split_rows["train"]).isdisjoint(dm.split_rows["test"])
+    assert abs(len(dm.split_rows["val"]) - 0.16 * 240) <= 1
     assert dm.prep.medians[1] == pytest.approx(np.nanmedian(train["b"]))
-    assert dm.prep.mean[0] == pytest.approx(train["a"].mean()) and dm.target_mean[0] == pytest.approx(train["price"].mean())
+    assert dm.prep.mean[0] == pytest.approx(train["a"].mean())
+    assert dm.target_mean[0] == pytest.approx(train["price"].mean())
     # a huge outlier in the test rows changes nothing that was fitted
     spoiled = frame.copy()
     spoiled.loc[dm.split_rows["test"], ["a", "price"]] = 1e9
-    assert table_dm(spoiled, tmp_path, "price", drop=FEATURES_ONLY[1:], scaling="standard").prep.state_dict() == dm.prep.state_dict()
+    refit = table_dm(spoiled, tmp_path, "price", drop=FEATURES_ONLY[1:], scaling="standard")
+    assert refit.prep.state_dict() == dm.prep.state_dict()
     quantile = table_dm(frame, tmp_path, "price", drop=FEATURES_ONLY[1:])
     assert abs(float(quantile.splits["train"][0][:, 0].mean())) < 0.2  # normal output on the training rows
 
@@ -99,11 +103,13 @@ def test_target_scaling_is_inverted_for_metrics_and_outputs(tmp_path: Path) -> N
     assert abs(float(y_train.mean())) < 1e-5 and float(y_train.std(unbiased=False)) == pytest.approx(1.0, abs=1e-4)
     model = model_for(dm)
     original = frame["price"].to_numpy()[dm.split_rows["test"]] / 100
-    assert torch.allclose(model.outputs(dm.splits["test"][1])[:, 0], torch.tensor(original, dtype=torch.float32), atol=1e-4)
+    assert torch.allclose(model.outputs(dm.splits["test"][1])[:, 0], torch.tensor(original, dtype=torch.float32),
+                          atol=1e-4)
 
 
-@pytest.mark.parametrize("target,loss", [("price", "mse"), ("price", "mae"), ("price", "huber"), (["price", "size"], "mse"),
-                                         ("sold", "bce"), ("sold", "hinge"), ("tier", "cross_entropy"), ("tier", "hinge"),
+@pytest.mark.parametrize("target,loss", [("price", "mse"), ("price", "mae"), ("price", "huber"),
+                                         (["price", "size"], "mse"), ("sold", "bce"), ("sold", "hinge"),
+                                         ("tier", "cross_entropy"), ("tier", "hinge"),
                                          (["l1", "l2"], "bce"), (["l1", "l2"], "hinge")])
 def test_every_task_and_loss_beats_a_trivial_baseline(target, loss, tmp_path: Path, make_trainer) -> None:
     targets = [target] if isinstance(target, str) else target
@@ -136,7 +142,8 @@ def test_hinge_and_bce_label_conventions() -> None:
     assert bce.criterion(torch.tensor([[20.0, -20.0]]), torch.tensor([[1.0, 0.0]])) < 1e-6
     multi = TabularMLP(task="multiclass", num_numeric=1, num_outputs=3, loss="hinge")
     assert multi.criterion(torch.tensor([[3.0, 0.0, 0.0]]), torch.tensor([0])) == 0
-    for task, loss, outputs in (("regression", "bce", 1), ("binary", "mse", 1), ("multiclass", "bce", 3), ("multilabel", "cross_entropy", 2)):
+    for task, loss, outputs in (("regression", "bce", 1), ("binary", "mse", 1), ("multiclass", "bce", 3),
+                                ("multilabel", "cross_entropy", 2)):
         with pytest.raises(ZooUserError, match=f"does not fit a {task} task"):
             TabularMLP(task=task, num_numeric=1, num_outputs=outputs, loss=loss)
     with pytest.raises(ZooUserError, match="all equal"):
@@ -160,13 +167,15 @@ def _fit(tmp_path: Path, csv: Path, *extra: str) -> Path:
 def test_predict_on_a_new_csv_uses_the_saved_transforms(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     frame = make_table()
     frame.to_csv(tmp_path / "train.csv", index=False)
-    ckpt = _fit(tmp_path, tmp_path / "train.csv", "--data.target", "tier", "--data.drop", '["price", "size", "sold", "l1", "l2"]')
+    ckpt = _fit(tmp_path, tmp_path / "train.csv", "--data.target", "tier",
+                "--data.drop", '["price", "size", "sold", "l1", "l2"]')
     state = torch.load(ckpt, weights_only=True)  # everything fitted is plain data
     assert state["TabularDataModule"]["prep"]["vocab"] == [["<missing>", "blue", "green", "red"]]
     rows = frame[["c", "b", "a"]].head(7).assign(note="ignored")  # other order, an extra column, no target
     rows.to_csv(tmp_path / "rows.csv", index=False)
     capsys.readouterr()
-    assert main(["predict", "--ckpt-path", str(ckpt), "--input", str(tmp_path / "rows.csv"), "--runs-dir", str(tmp_path / "runs")]) == 0
+    assert main(["predict", "--ckpt-path", str(ckpt), "--input", str(tmp_path / "rows.csv"),
+                 "--runs-dir", str(tmp_path / "runs")]) == 0
     out = pd.read_csv(re.search(r"predictions: (\S+)", capsys.readouterr().out).group(1))
     assert list(out.columns[:4]) == ["c", "b", "a", "note"] and len(out) == 7
     model = TabularMLP.load_from_checkpoint(ckpt, map_location="cpu").eval()
@@ -182,7 +191,8 @@ def test_predict_on_a_new_csv_uses_the_saved_transforms(tmp_path: Path, capsys: 
     assert "lacks the training column(s) b" in capsys.readouterr().err
     rows.assign(c="purple").to_csv(tmp_path / "purple.csv", index=False)
     with pytest.warns(UserWarning, match="unseen in training"):
-        assert main(["predict", "--ckpt-path", str(ckpt), "--input", str(tmp_path / "purple.csv"), "--runs-dir", str(tmp_path / "runs")]) == 0
+        assert main(["predict", "--ckpt-path", str(ckpt), "--input", str(tmp_path / "purple.csv"),
+                     "--runs-dir", str(tmp_path / "runs")]) == 0
     prep.on_unseen = "error"
     with pytest.raises(ZooUserError, match="'purple', a category not seen in training"):
         prep.features(rows.assign(c="purple"))
@@ -195,7 +205,8 @@ def test_predict_on_a_new_csv_uses_the_saved_transforms(tmp_path: Path, capsys: 
     (lambda f: f, "target column 'missing' is not in the table"),
     (lambda f: f.assign(sold="yes"), "has a single class 'yes'"),
     (lambda f: f.assign(b=np.nan), "column 'b' is empty in every row; drop it with --data.drop b"),
-    (lambda f: f.assign(a=f["a"].astype(str).where(f.index != 5, "abc")), "column 'a' is numeric but row 5 holds 'abc'"),
+    (lambda f: f.assign(a=f["a"].astype(str).where(f.index != 5, "abc")),
+     "column 'a' is numeric but row 5 holds 'abc'"),
     (lambda f: f.iloc[:0], "has a header but no data rows"),
     (None, "is empty; it needs a header row"),
 ])

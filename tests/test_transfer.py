@@ -231,7 +231,7 @@ def test_multilabel_fit_test_writes_report(tmp_path: Path, make_trainer) -> None
     preds = trainer.predict(model, dm.predict_input(str(root / "x")))
     out = model.write_predictions(preds, tmp_path / "pred", dm)
     rows = list(csv.reader(out.open()))
-    assert rows[0] == ["item", "prediction", "p_sea", "p_sun"] and len(rows) == 9
+    assert rows[0] == ["input", "prediction", "p_sea", "p_sun"] and len(rows) == 9
 
 
 def test_checkpoint_reloads_without_the_initial_weights_file(tmp_path: Path, make_trainer) -> None:
@@ -244,3 +244,13 @@ def test_checkpoint_reloads_without_the_initial_weights_file(tmp_path: Path, mak
     again = TransferClassifier.load_from_checkpoint(tmp_path / "run.ckpt", map_location="cpu").eval()
     x = torch.rand(2, 3, 8, 8)
     assert again.recipe == model.recipe and torch.allclose(again(x), model.eval()(x), atol=1e-6)
+
+
+def test_a_normalising_datamodule_is_refused_not_changed(make_trainer) -> None:
+    """The model does not reach into the DataModule: the CLI defaults ``normalize`` off for it (``data_defaults``),
+    and a DataModule that normalises anyway is a one-line error, not silently switched off."""
+    assert TransferClassifier.data_defaults == {"normalize": False}
+    dm = DigitsRGBDataModule(batch_size=16, image_size=8, normalize=True)
+    with pytest.raises(ZooUserError, match="drop --data.normalize true"):
+        make_trainer(fast_dev_run=True).fit(tiny(), dm)
+    assert dm.normalize is True

@@ -72,8 +72,9 @@ def test_a_malicious_checkpoint_runs_no_code_anywhere(trained: Path, tmp_path: P
 
     marker = tmp_path / "pwned"
     evil = str(_poison(trained / "checkpoints" / "last.ckpt", marker))
-    calls = [["predict", "--ckpt-path", evil, "--input", str(tmp_path)], ["export", "--ckpt-path", evil, "--format", "onnx"],
-             [*TINY, "--ckpt-path", evil], ["--model", "resnet", "--model.weights", evil, "--max-epochs", "1"],
+    calls = [["predict", "--ckpt-path", evil, "--input", str(tmp_path)],
+             ["export", "--ckpt-path", evil, "--format", "onnx"], [*TINY, "--ckpt-path", evil],
+             ["--model", "resnet", "--model.weights", evil, "--max-epochs", "1"],
              ["--model", "gan", "--model.classifier_ckpt", evil, "--max-epochs", "1", "--trainer.limit_train_batches",
               "1", "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1"]]
     for args in calls:
@@ -110,7 +111,8 @@ def test_last_picks_the_same_data_and_refuses_a_run_without_checkpoint(trained: 
 
     first = json.loads((trained / "metrics.json").read_text())
     assert resolve_resume("last", tmp_path / "runs", "cnn", "digits")[1] == trained
-    assert run(tmp_path, *TINY, "--data", "digits_rgb", "--ckpt-path", "last") == 2  # no digits_rgb run: not the digits one
+    # no digits_rgb run: not the digits one
+    assert run(tmp_path, *TINY, "--data", "digits_rgb", "--ckpt-path", "last") == 2
     assert "no run of model 'cnn' on data 'digits_rgb'" in last_error(capsys)
     empty = tmp_path / "runs" / "cnn" / "29990101-000000"  # a newer run killed before its first checkpoint
     empty.mkdir()
@@ -358,3 +360,20 @@ def test_data_that_fits_is_not_refused() -> None:
 
 def test_max_steps_ending_mid_epoch_finishes(tmp_path: Path) -> None:
     assert run(tmp_path, *tiny(trainer__limit_train_batches="10"), "--trainer.max_steps", "5") == 0
+
+
+@pytest.mark.parametrize("load,env,expected", [
+    (0.2, {}, None),  # quiet: OpenMP's spinning default, the fastest there
+    (3.5, {}, "PASSIVE"),  # busy: idle threads sleep instead of fighting the other jobs
+    (3.5, {"OMP_WAIT_POLICY": "ACTIVE"}, None),  # the user's choice always wins
+    (3.5, {"GOMP_SPINCOUNT": "10000"}, None),
+])
+def test_thread_wait_policy_follows_the_load(monkeypatch: pytest.MonkeyPatch, load: float, env: dict,
+                                             expected: str | None) -> None:
+    from zoo.devices import choose_wait_policy
+
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    environ = dict(env)
+    assert choose_wait_policy(environ) == expected
+    assert environ.get("OMP_WAIT_POLICY") == (expected or env.get("OMP_WAIT_POLICY"))

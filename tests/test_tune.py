@@ -13,7 +13,8 @@ import pytest
 from tests.conftest import REPO
 from zoo.cli import main
 
-SPACE = "model.lr: {type: float, low: 1.0e-3, high: 0.1, log: true}\nmodel.dropout: {type: float, low: 0.0, high: 0.3}\n"
+SPACE = ("model.lr: {type: float, low: 1.0e-3, high: 0.1, log: true}\n"
+         "model.dropout: {type: float, low: 0.0, high: 0.3}\n")
 RUN = ["--model", "cnn", "--max-epochs", "2", "--model.channels", "[8]", "--model.hidden", "16",
        "--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "2", "--trainer.limit_test_batches", "1",
        "--threads", "1"]

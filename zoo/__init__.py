@@ -1,7 +1,7 @@
 """Lightning Zoo: classic deep-learning architectures as LightningModules with matching DataModules.
 
-The registry functions import (and so register) every model and DataModule on first use, which
-keeps ``import zoo`` and ``train.py --list`` fast.
+``import zoo`` and ``zoo.list_models()`` read the static name table in ``zoo.registry`` and import no
+torch; a class is imported when it is first used (``create_model``, ``from zoo.models import GAN``).
 
 Example:
     >>> import zoo
@@ -12,6 +12,7 @@ Example:
 from zoo.registry import (
     create_datamodule,
     create_model,
+    get_datamodule_entry,
     get_model_entry,
     list_datamodules,
     list_models,
@@ -20,5 +21,5 @@ from zoo.registry import (
 )
 
 __version__ = "0.1.0"
-__all__ = ["create_model", "create_datamodule", "get_model_entry", "list_models", "list_datamodules",
-           "register_model", "register_datamodule", "__version__"]
+__all__ = ["create_model", "create_datamodule", "get_model_entry", "get_datamodule_entry", "list_models",
+           "list_datamodules", "register_model", "register_datamodule", "__version__"]

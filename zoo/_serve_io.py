@@ -23,7 +23,8 @@ import numpy as np
 
 #: What each input kind accepts in ``POST /predict`` (shown by ``GET /info`` and the page).
 SCHEMAS: dict[str, str] = {
-    "image": 'JSON {"inputs": [base64 PNG/JPEG string, or nested list [H][W] / [H][W][C] of 0-255]} or multipart file(s)',
+    "image": 'JSON {"inputs": [base64 PNG/JPEG string, or nested list [H][W] / [H][W][C] of 0-255]} '
+             'or multipart file(s)',
     "audio": 'JSON {"inputs": [base64 WAV/FLAC/OGG string]} or multipart file(s)',
     "text": 'JSON {"inputs": ["a text", ["first", "second"] for pair tasks, ...]}',
     "prompt": 'JSON {"inputs": ["a prompt", ...]} (each prompt is continued)',

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import ast
 import functools
+import importlib.util
 import re
 import textwrap
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from zoo.errors import ZooUserError
+from zoo.registry import DATAMODULES, MODELS, Entry, ModelEntry, get_datamodule_entry, get_model_entry
 
 MODELS_DIR = Path(__file__).parent / "models"
 DATAMODULES_DIR = Path(__file__).parent / "datamodules"
@@ -30,46 +32,34 @@ def _first_sentence(doc: str) -> str:
     return paragraph.split(". ")[0].rstrip(".") + "."
 
 
-def _decorator_args(node: ast.ClassDef, decorator: str = "register_model") -> list[dict[str, Any]]:
-    """One entry per ``@decorator(...)`` on the class (a class may be registered under several names)."""
-    entries = []
-    for deco in node.decorator_list:
-        if isinstance(deco, ast.Call) and getattr(deco.func, "id", getattr(deco.func, "attr", "")) == decorator:
-            entry = {"name": ast.literal_eval(deco.args[0]), "aliases": (), "defaults": {}, "class": node.name,
-                     "summary": _first_sentence(ast.get_docstring(node) or node.name)}
-            for kw in deco.keywords:
-                value = ast.literal_eval(kw.value)
-                if kw.arg in ("datamodule", "aliases"):
-                    entry[kw.arg] = tuple(value) if kw.arg == "aliases" else value
-                else:
-                    entry["defaults"][kw.arg] = value
-            entries.append(entry)
-    return entries
-
-
 @functools.lru_cache(maxsize=None)
-def _trees(folder: Path) -> tuple[tuple[Path, ast.Module], ...]:
-    return tuple((path, ast.parse(path.read_text(), filename=str(path))) for path in sorted(folder.glob("*.py")))
+def _tree(path: Path) -> ast.Module:
+    return ast.parse(path.read_text(), filename=str(path))
 
 
-def _scan(folder: Path, decorator: str) -> list[dict[str, Any]]:
-    entries = []
-    for path, tree in _trees(folder):
-        for node in ast.walk(tree):
-            if isinstance(node, ast.ClassDef):
-                for entry in _decorator_args(node, decorator):
-                    entries.append({**entry, "module": f"zoo.{folder.name}.{path.stem}"})
-    return sorted(entries, key=lambda e: e["name"])
+def _module_file(module: str) -> Path:
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        raise ZooUserError(f"registered module '{module}' cannot be found; check the registry entry's target")
+    return Path(spec.origin)
 
 
-def scan_models(models_dir: Path = MODELS_DIR) -> list[dict[str, Any]]:
-    """Registrations found in ``zoo/models/*.py``, sorted by name (name, aliases, datamodule, summary)."""
-    return _scan(models_dir, "register_model")
+def _describe(entry: Entry) -> dict[str, Any]:
+    node = _class_node(entry.module, entry.class_name)
+    described = {"name": entry.name, "aliases": entry.aliases, "defaults": dict(entry.defaults),
+                 "class": entry.class_name, "module": entry.module,
+                 "summary": _first_sentence(ast.get_docstring(node) or entry.class_name)}
+    return described | ({"datamodule": entry.datamodule} if isinstance(entry, ModelEntry) else {})
 
 
-def scan_datamodules(datamodules_dir: Path = DATAMODULES_DIR) -> list[dict[str, Any]]:
-    """DataModule registrations found in ``zoo/datamodules/*.py`` (name, aliases, summary)."""
-    return _scan(datamodules_dir, "register_datamodule")
+def scan_models() -> list[dict[str, Any]]:
+    """The registered models, sorted by name (name, aliases, datamodule, defaults, class, module, summary)."""
+    return [_describe(MODELS[name]) for name in sorted(MODELS)]
+
+
+def scan_datamodules() -> list[dict[str, Any]]:
+    """The registered DataModules (name, aliases, class, module, summary)."""
+    return [_describe(DATAMODULES[name]) for name in sorted(DATAMODULES)]
 
 
 def format_listing(entries: list[dict[str, Any]]) -> str:
@@ -78,41 +68,31 @@ def format_listing(entries: list[dict[str, Any]]) -> str:
     rows += [(e["name"], ",".join(e["aliases"]) or "-", e.get("datamodule", "-"), e["summary"]) for e in entries]
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     table = "\n".join(f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}" for r in rows)
-    return table + "\n\ndata (--data NAME): " + ", ".join(e["name"] for e in scan_datamodules())
+    return table + "\n\ndata (--data NAME): " + ", ".join(sorted(DATAMODULES))
 
 
 def check_model_name(name: str) -> None:
     """Fail fast (before torch is imported) on a model name that is neither registered nor an alias."""
-    from zoo.registry import UnknownNameError, close_matches_message
-
-    entries = scan_models()
-    known = {e["name"] for e in entries} | {a for e in entries for a in e["aliases"]}
-    if name not in known:
-        raise UnknownNameError(close_matches_message(name, sorted(known), "model"))
+    get_model_entry(name)
 
 
 def _linked(data_entry: dict[str, Any], model_params: set[str]) -> set[str]:
-    return set(class_attribute(data_entry["class"], "link_fields") or ()) & model_params
+    return set(class_attribute(data_entry["class"], "link_fields", data_entry["module"]) or ()) & model_params
 
 
 def check_data_fits(model: str, data: str) -> None:
     """Refuse (before torch is imported) a DataModule that provides less than half of what the model takes from
     its data (the fields its default DataModule links into it: ``num_classes``, ``in_channels``, ...). The
     rest keep the model's defaults (``resnet`` on ``mnist`` keeps ``task=multiclass``)."""
-    from zoo.registry import UnknownNameError, close_matches_message
-
-    entry = _find(scan_models(), model)
+    entry, chosen = _describe(get_model_entry(model)), _describe(get_datamodule_entry(data))
     data_entries = scan_datamodules()
-    known = sorted({e["name"] for e in data_entries} | {a for e in data_entries for a in e["aliases"]})
-    if data not in known:
-        raise UnknownNameError(close_matches_message(data, known, "datamodule"))
-    params = {p.name for p in init_params(entry["class"])}
-    needed = _linked(_find(data_entries, entry["datamodule"]), params)
+    params = {p.name for p in init_params(entry["class"], entry["module"])}
+    needed = _linked(_describe(get_datamodule_entry(entry["datamodule"])), params)
 
     def fits(e: dict[str, Any]) -> bool:  # at least half of what the model takes from its default data
         return 2 * len(needed & _linked(e, params)) >= len(needed)
 
-    if needed and not fits(_find(data_entries, data)):
+    if needed and not fits(chosen):
         best = max(len(needed & _linked(e, params)) for e in data_entries)
         closest = [e["name"] for e in data_entries if len(needed & _linked(e, params)) == best]
         raise ZooUserError(f"data '{data}' does not fit model '{entry['name']}': it provides too little of "
@@ -130,16 +110,25 @@ class Param(NamedTuple):
 
 @functools.lru_cache(maxsize=None)
 def _classes() -> dict[str, ast.ClassDef]:
-    return {node.name: node for folder in (MODELS_DIR, DATAMODULES_DIR) for _, tree in _trees(folder)
-            for node in tree.body if isinstance(node, ast.ClassDef)}
+    """Every class defined at the top of a zoo model or DataModule file (base classes are looked up here)."""
+    return {node.name: node for folder in (MODELS_DIR, DATAMODULES_DIR) for path in sorted(folder.glob("*.py"))
+            for node in _tree(path).body if isinstance(node, ast.ClassDef)}
+
+
+def _class_node(module: str, class_name: str) -> ast.ClassDef:
+    for node in _tree(_module_file(module)).body:
+        if isinstance(node, ast.ClassDef) and node.name == class_name:
+            return node
+    raise ZooUserError(f"registered class '{module}:{class_name}' is not defined in {module}; fix the registry entry")
 
 
 def _arg_docs(node: ast.ClassDef) -> dict[str, str]:
     """``name: text`` entries of the class docstring's ``Args:`` section (``a / b: text`` documents both)."""
     docs: dict[str, str] = {}
-    section = (ast.get_docstring(node) or "").partition("Args:")[2]
+    doc = ast.get_docstring(node) or ""
+    header = re.search(r"^(Args|Arguments|Parameters)\b[^\n]*:$", doc, flags=re.M)
     names: list[str] = []
-    for line in section.splitlines():
+    for line in (doc[header.end():] if header else "").splitlines():
         entry = re.match(r"^ {4}([\w /]+):\s*(.*)$", line)
         if entry:
             names = [n.strip() for n in entry.group(1).split("/")]
@@ -151,14 +140,36 @@ def _arg_docs(node: ast.ClassDef) -> dict[str, str]:
     return docs
 
 
+@functools.lru_cache(maxsize=None)
+def _type_aliases() -> dict[str, str]:
+    """Module-level ``Name = Literal[...]`` (or any type) aliases in the zoo's files, so help prints the values."""
+    aliases: dict[str, str] = {}
+    for folder in (MODELS_DIR, DATAMODULES_DIR):
+        for path in sorted(folder.glob("*.py")):
+            for node in _tree(path).body:
+                if (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
+                        and isinstance(node.value, ast.Subscript)
+                        and getattr(node.value.value, "id", "") in ("Literal", "Union", "Optional")):
+                    aliases[node.targets[0].id] = ast.unparse(node.value)
+    return aliases
+
+
+def _annotation(node: ast.expr | None) -> str:
+    if node is None:
+        return ""
+    aliases = _type_aliases()
+    return re.sub(r"\b\w+\b", lambda m: aliases.get(m.group(0), m.group(0)), ast.unparse(node))
+
+
 def _base_names(node: ast.ClassDef) -> list[str]:
     return [b.id if isinstance(b, ast.Name) else getattr(b, "attr", "") for b in node.bases]
 
 
-def init_params(class_name: str) -> list[Param]:
-    """The constructor arguments of a zoo class, following ``**kwargs`` into its zoo base classes."""
+def init_params(class_name: str, module: str | None = None) -> list[Param]:
+    """The constructor arguments of a class (a zoo class, or ``module``'s), following ``**kwargs`` into its zoo
+    base classes."""
     classes = _classes()
-    node = classes[class_name]
+    node = _class_node(module, class_name) if module else classes[class_name]
     bases = [b for b in _base_names(node) if b in classes]
     docs = _arg_docs(node)
     base = bases[0] if bases else None
@@ -171,7 +182,7 @@ def init_params(class_name: str) -> list[Param]:
     args = [*init.args.posonlyargs, *init.args.args][1:]
     defaults = [None] * (len(args) - len(init.args.defaults)) + list(init.args.defaults)
     pairs = [*zip(args, defaults), *zip(init.args.kwonlyargs, init.args.kw_defaults)]
-    params = [Param(a.arg, ast.unparse(a.annotation) if a.annotation else "", None if d is None else ast.unparse(d),
+    params = [Param(a.arg, _annotation(a.annotation), None if d is None else ast.unparse(d),
                     docs.get(a.arg, "")) for a, d in pairs]
     if init.args.kwarg is not None and bases:
         seen = {p.name for p in params}
@@ -179,12 +190,13 @@ def init_params(class_name: str) -> list[Param]:
     return params
 
 
-def class_attribute(class_name: str, attribute: str) -> Any:
+def class_attribute(class_name: str, attribute: str, module: str | None = None) -> Any:
     """A literal class attribute (e.g. ``link_fields``), looked up through the zoo base classes."""
     classes = _classes()
-    node = classes[class_name]
+    node = _class_node(module, class_name) if module else classes[class_name]
     for stmt in node.body:
-        targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target] if isinstance(stmt, ast.AnnAssign) else []
+        targets = (stmt.targets if isinstance(stmt, ast.Assign)
+                   else [stmt.target] if isinstance(stmt, ast.AnnAssign) else [])
         if any(getattr(t, "id", None) == attribute for t in targets) and stmt.value is not None:
             return ast.literal_eval(stmt.value)
     bases = [b for b in _base_names(node) if b in classes]
@@ -193,6 +205,12 @@ def class_attribute(class_name: str, attribute: str) -> Any:
 
 def _find(entries: list[dict[str, Any]], name: str) -> dict[str, Any]:
     return next(e for e in entries if name == e["name"] or name in e["aliases"])
+
+
+def entry_params(name: str, kind: str = "model") -> list[Param]:
+    """The constructor arguments of a registered model (``kind="model"``) or DataModule (``"data"``)."""
+    e = _describe(get_model_entry(name) if kind == "model" else get_datamodule_entry(name))
+    return init_params(e["class"], e["module"])
 
 
 def _param_lines(params: list[Param], prefix: str, overrides: dict[str, Any], linked: set[str]) -> list[str]:
@@ -209,22 +227,14 @@ def _param_lines(params: list[Param], prefix: str, overrides: dict[str, Any], li
 
 def format_model_help(model: str, data: str | None = None) -> str:
     """``--model NAME --help``: the model's and its DataModule's hyperparameters with defaults and docs."""
-    check_model_name(model)
-    entry = _find(scan_models(), model)
-    data_entries = scan_datamodules()
-    data = data or entry["datamodule"]
-    known = sorted({e["name"] for e in data_entries} | {a for e in data_entries for a in e["aliases"]})
-    if data not in known:
-        from zoo.registry import UnknownNameError, close_matches_message
-
-        raise UnknownNameError(close_matches_message(data, known, "datamodule"))
-    data_entry = _find(data_entries, data)
-    linked = set(class_attribute(data_entry["class"], "link_fields") or ())
+    entry = _describe(get_model_entry(model))
+    data_entry = _describe(get_datamodule_entry(data or entry["datamodule"]))
+    linked = set(class_attribute(data_entry["class"], "link_fields", data_entry["module"]) or ())
     out = [f"{entry['name']}: {entry['summary']} ({entry['module']}.{entry['class']}; default data: "
            f"{entry['datamodule']})", "", "model hyperparameters:"]
-    out += _param_lines(init_params(entry["class"]), "model", entry["defaults"], linked)
+    out += _param_lines(init_params(entry["class"], entry["module"]), "model", entry["defaults"], linked)
     out += ["", f"data hyperparameters (--data {data_entry['name']}: {data_entry['class']}):"]
-    out += _param_lines(init_params(data_entry["class"]), "data", data_entry["defaults"], set())
+    out += _param_lines(init_params(data_entry["class"], data_entry["module"]), "data", data_entry["defaults"], set())
     out += ["", "trainer: --trainer.<arg> takes any lightning.Trainer argument (e.g. --trainer.gradient_clip_val 1.0);",
             "`--help-full` prints LightningCLI's complete help (imports Lightning, several seconds);",
             "`--print_config` prints the resolved YAML config without training."]

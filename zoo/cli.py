@@ -12,15 +12,15 @@ Example:
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
-from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from zoo.catalog import check_data_fits, check_model_name, format_listing, format_model_help, scan_models
+from zoo.configs import load_yaml_mapping
+from zoo.devices import choose_wait_policy
 from zoo.errors import ZooUserError
-from zoo.registry import UnknownNameError
+from zoo.registry import UnknownNameError, get_model_entry
 
 COMMANDS = ("fit", "predict", "export", "serve", "tune")
 USAGE = """usage: train.py [fit|predict|export] --model NAME [--data NAME] [--gpus N] [--num-nodes N]
@@ -110,29 +110,6 @@ def zoo_parser() -> argparse.ArgumentParser:
     return p
 
 
-def load_yaml_mapping(path: str, what: str) -> dict[str, Any]:
-    """A YAML file that must hold a mapping (a config, a search space): its dict ({} when empty), or one line
-    naming the file, the line and the problem."""
-    import yaml
-
-    file = Path(path)
-    if not file.is_file():
-        raise ZooUserError(f"{what} '{path}' does not exist")
-    text = file.read_text()
-    try:
-        config = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        tabs = "; YAML indents with spaces, not tabs" if "\t" in text else ""
-        raise ZooUserError(f"{what} '{path}' is not valid YAML{where}: {getattr(exc, 'problem', None) or exc}{tabs}") \
-            from None
-    if config is not None and not isinstance(config, dict):
-        raise ZooUserError(f"{what} '{path}' holds a {type(config).__name__}; it must be a mapping (see a run's "
-                           "config.yaml)")
-    return config or {}
-
-
 def _model_from_configs(configs: list[str]) -> tuple[str | None, str | None]:
     """``zoo.model`` / ``zoo.data`` from the YAML configs (written into every run's config.yaml)."""
     model = data = None
@@ -167,29 +144,11 @@ def translate(args: argparse.Namespace, extras: list[str]) -> list[str]:
     return out + extras
 
 
-def device_settings(gpus: int | None, num_nodes: int | None) -> dict[str, Any]:
-    """Trainer accelerator/devices/strategy for ``--gpus N`` (None: auto, one device). Models that
-    cannot use several devices are refused after parsing, where ``--trainer.devices`` is seen too."""
-    if gpus is None:
-        return {"accelerator": "auto", "devices": 1}
-    if gpus < 0:
-        raise ZooUserError(f"--gpus must be >= 0, got {gpus}")
-    if gpus == 0:
-        return {"accelerator": "cpu", "devices": 1}
-    import torch
-
-    available = torch.cuda.device_count()
-    if gpus > available:
-        raise ZooUserError(f"--gpus {gpus} asked for {gpus} GPU(s) but {available} is/are available on this "
-                           "machine; use --gpus 0 for CPU or leave --gpus out")
-    return {"accelerator": "gpu", "devices": gpus, "strategy": "ddp" if gpus > 1 or (num_nodes or 1) > 1 else "auto"}
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point: returns the exit code (2 for a user mistake, printed as one line)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if "torch" not in sys.modules and not {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT"} & set(os.environ):
-        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"  # read by OpenMP when torch loads (benchmarks/bench_threads.py)
+    if "torch" not in sys.modules:  # read by OpenMP when torch loads (benchmarks/bench_threads.py)
+        choose_wait_policy()
     try:
         return _main(argv)
     except ZooUserError as exc:
@@ -251,10 +210,9 @@ def _main(argv: list[str]) -> int:
     if unknown:
         raise ZooUserError(f"unknown option {unknown[0]} (see `python train.py --help`)")
     if command == "tune":
-        from zoo.catalog import _find
         from zoo.tune import run_tune
 
-        data = data_name or _find(scan_models(), model_name)["datamodule"]
+        data = data_name or get_model_entry(model_name).datamodule
         return run_tune(args, model_name, data, translate(args, extras), argv)
     from zoo.training import fit_and_test
 

@@ -26,8 +26,8 @@ from torch import nn
 
 from zoo.errors import ZooUserError
 
-__all__ = ["pixel_stats", "PixelSpaceMixin", "mode_metrics", "class_histogram", "ClassifierFeatures", "train_feature_classifier",
-           "load_feature_classifier", "ImageQuality", "build_image_quality"]
+__all__ = ["pixel_stats", "PixelSpaceMixin", "mode_metrics", "class_histogram", "ClassifierFeatures",
+           "train_feature_classifier", "load_feature_classifier", "ImageQuality", "build_image_quality"]
 
 
 def pixel_stats(datamodule: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,7 +57,8 @@ class PixelSpaceMixin:
             from lightning.pytorch.utilities import rank_zero_warn
 
             rank_zero_warn(f"{type(dm).__name__} augments its training images (augment='{dm.augment}'): "
-                           f"{type(self).__name__} will learn the augmented images; pass augment='none' unless intended")
+                           f"{type(self).__name__} will learn the augmented images; "
+                           "pass augment='none' unless intended")
 
     def to_unit(self, x: torch.Tensor) -> torch.Tensor:
         mean, std = getattr(self, "_pixel_stats", None) or pixel_stats(None)
@@ -116,7 +117,8 @@ class ClassifierFeatures(nn.Module):
 
 def train_feature_classifier(datamodule: Any, epochs: int = 10, device: torch.device | str = "cpu",
                              lr: float = 3e-3) -> nn.Module:
-    """Train a small zoo ``CNNClassifier`` on the DataModule's train split (plain loop, OneCycle AdamW)."""
+    """Train a small zoo ``CNNClassifier`` on the DataModule's train split (plain loop, OneCycle AdamW). A plain
+    loop, not a Trainer: it runs inside the GAN's own test loop, where a nested Trainer would re-enter Lightning."""
     from zoo.models.cnn import CNNClassifier
 
     if epochs <= 0:

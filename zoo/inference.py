@@ -15,7 +15,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
-from zoo.cli import device_settings
+from zoo.devices import device_settings
 from zoo.errors import ZooUserError
 from zoo.models.base import ZooModule
 from zoo.registry import ModelEntry, get_datamodule_class, get_model_entry

@@ -23,7 +23,8 @@ from zoo.errors import ZooUserError, unsafe_checkpoint_message
 
 Pretrained = Literal["auto", "true", "false"]
 
-__all__ = ["Pretrained", "offline", "torchvision_state_dict", "resolve_weights", "load_state_dict_file", "load_matching", "state_dict_mismatch"]
+__all__ = ["Pretrained", "offline", "torchvision_state_dict", "resolve_weights", "load_state_dict_file",
+           "load_matching", "state_dict_mismatch"]
 
 
 def _flag(pretrained: Pretrained | bool) -> str:

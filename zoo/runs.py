@@ -170,7 +170,8 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return ckpt
 
 
-def check_checkpoint(path: Path, model: torch.nn.Module, model_name: str, data_name: str | None = None) -> dict[str, Any]:
+def check_checkpoint(path: Path, model: torch.nn.Module, model_name: str,
+                     data_name: str | None = None) -> dict[str, Any]:
     """Load a checkpoint and refuse one written for another model, other data or another architecture."""
     ckpt = load_checkpoint(path)
     if "state_dict" not in ckpt:
@@ -201,7 +202,8 @@ def build_logger(args: Any, run_dir: Path, model_name: str) -> Any:
         try:
             return loggers.TensorBoardLogger(save_dir=run_dir, name="", version="tensorboard")
         except ModuleNotFoundError as exc:
-            raise ZooUserError("--logger tensorboard needs tensorboard: pip install 'lightning-zoo[tensorboard]'") from exc
+            raise ZooUserError("--logger tensorboard needs tensorboard: "
+                               "pip install 'lightning-zoo[tensorboard]'") from exc
     if kind == "wandb":
         return _wandb_logger(run_dir, model_name, args.wandb_project, args.wandb_name, args.wandb_tags,
                              args.wandb_log_model)

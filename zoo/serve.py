@@ -51,7 +51,7 @@ class Predictor:
         import lightning as L
         from lightning.pytorch.utilities.model_helpers import is_overridden
 
-        from zoo.cli import device_settings
+        from zoo.devices import device_settings
         from zoo.inference import load_datamodule, load_zoo_checkpoint
         from zoo.models.base import ZooModule
 
@@ -196,7 +196,8 @@ def create_app(settings: dict[str, Any]) -> Any:
 
     name = predictor.entry.name
     app = FastAPI(title=f"Lightning Zoo: {name}", version=_zoo_version(), lifespan=lifespan,
-                  description=f"`{name}` trained on `{predictor.data}`. Input: {SCHEMAS.get(predictor.kind or '', '-')}")
+                  description=f"`{name}` trained on `{predictor.data}`. "
+                              f"Input: {SCHEMAS.get(predictor.kind or '', '-')}")
     app.add_middleware(BodyLimit, max_bytes=int(settings.get("max_body_mb", 10.0) * 2**20))
 
     @app.exception_handler(RequestError)
@@ -278,7 +279,8 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         try:
             sock.bind((args.host, args.port))
         except OSError as exc:
-            raise ZooUserError(f"cannot listen on {args.host}:{args.port} ({exc.strerror}); pass another --port") from None
+            raise ZooUserError(f"cannot listen on {args.host}:{args.port} ({exc.strerror}); "
+                               "pass another --port") from None
     keys = ("ckpt_path", "runs_dir", "model", "gpus", "max_batch_size", "batch_timeout", "max_body_mb")
     return {k: getattr(args, k, None) for k in keys} | {"runs_dir": args.runs_dir or "runs"}
 

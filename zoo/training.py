@@ -24,11 +24,13 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
+from zoo.callbacks.curves import MetricCurves
 from zoo.callbacks.health import ActivationStats, GradientHealth
 from zoo.callbacks.inspect_images import ImageInsight
 from zoo.callbacks.nan_guard import NanGuard
 from zoo.callbacks.run import AtomicCheckpointIO, EpochSeeder, InterruptCheckpoint, ScheduleLengthCheck, ZooMetadata
-from zoo.cli import device_settings
+from zoo.devices import device_settings
+from zoo.datamodules.interfaces import missing_members
 from zoo.errors import ZooUserError
 from zoo.precision import bf16_notice
 from zoo.registry import ModelEntry, get_datamodule_class, get_model_entry
@@ -69,14 +71,17 @@ class ZooCLI(LightningCLI):
         parser.add_argument("--zoo.data", default=self.data_name, help="registered DataModule name (informational)")
         params = inspect.signature(self.entry.cls.__init__).parameters
         data_params = inspect.signature(self.datamodule_class.__init__).parameters
-        from_model = [f for f in getattr(self.datamodule_class, "link_from_model", ()) if f in params and f in data_params]
+        from_model = [f for f in getattr(self.datamodule_class, "link_from_model", ())
+                      if f in params and f in data_params]
         for field in from_model:  # e.g. --model.backbone also picks the DataModule's tokenizer
             parser.link_arguments(f"model.{field}", f"data.{field}", apply_on="parse")
         for field in getattr(self.datamodule_class, "link_fields", ()):
             if field in params and field not in from_model:
                 parser.link_arguments(f"data.{field}", f"model.{field}", apply_on="instantiate")
         parser.set_defaults({f"model.{k}": v for k, v in self.entry.defaults.items()})
-        parser.set_defaults({f"data.{k}": v for k, v in self.entry.cls.data_defaults.items() if k in data_params})
+        for key, value in self.entry.cls.data_defaults.items():  # also arguments passed on through **kwargs
+            with contextlib.suppress(KeyError):  # a DataModule without this argument keeps its own behaviour
+                parser.set_defaults({f"data.{key}": value})
 
     def before_instantiate_classes(self) -> None:
         args, cfg = self.zoo_args, self.config
@@ -128,6 +133,11 @@ class ZooCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         args, monitor, mode = self.zoo_args, self.model.monitor, self.model.monitor_mode  # may depend on the task
+        need = self.model.data_interface
+        if need is not None and (missing := missing_members(self.datamodule, need)):
+            raise ZooUserError(f"data '{self.data_name}' does not give model '{self.entry.name}' what it needs "
+                               f"({need.__name__}: no {', '.join(missing)}); use --data {self.entry.datamodule} "
+                               "or a DataModule of that kind")
         if monitor and monitor.startswith("val/") and self.config.trainer.limit_val_batches == 0:
             rank_zero_warn(f"validation is off (limit_val_batches=0): no early stopping on {monitor}, and the "
                            "last checkpoint is the one tested")
@@ -142,7 +152,8 @@ class ZooCLI(LightningCLI):
             EpochSeeder(),
             NanGuard(),
             ScheduleLengthCheck(),
-            cb.Timer(),
+            MetricCurves(),
+            cb.Timer(duration=self.config.trainer.max_time),  # ours replaces Lightning's: it must keep the limit
         ]
         callbacks += list(getattr(args, "extra_callbacks", []))  # e.g. train.py tune's pruning callback
         if args.debug_stats:  # hooks only with this switch (zoo/callbacks/health.py, inspect_images.py)
@@ -160,7 +171,9 @@ class ZooCLI(LightningCLI):
         self.trainer_defaults = {**self.trainer_defaults, "callbacks": callbacks}
         refined = {k: v for k, v in self.model.trainer_defaults.items()  # e.g. GAT's longer budget than GCN's
                    if self.entry.cls.trainer_defaults.get(k) != v and not self.user_set_trainer(k)}
-        return super().instantiate_trainer(**({} if user_logger else {"logger": logger}), **plugins, **refined, **kwargs)
+        loggers = {} if user_logger else {"logger": logger}
+        # max_time is our Timer's duration (above); given to the Trainer too, Lightning would say it ignores it
+        return super().instantiate_trainer(**loggers, **plugins, **refined, max_time=None, **kwargs)
 
 
 def _trainer_defaults(entry: ModelEntry, args: argparse.Namespace) -> dict[str, Any]:

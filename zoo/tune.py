@@ -42,22 +42,22 @@ TYPES = ("float", "int", "categorical")
 
 def load_space(path: str, model: str, data: str) -> dict[str, dict[str, Any]]:
     """The search space of a YAML file, validated (one-line errors naming the key) before any trial runs."""
-    from zoo.catalog import _find, init_params, scan_datamodules, scan_models
-
-    from zoo.cli import load_yaml_mapping
+    from zoo.catalog import entry_params
+    from zoo.configs import load_yaml_mapping
 
     space = load_yaml_mapping(path, "search space")
     if not space:
         raise ZooUserError(f"search space '{path}' is empty; map keys such as model.lr to distributions")
     import lightning
 
-    known = {"model": {p.name for p in init_params(_find(scan_models(), model)["class"])},
-             "data": {p.name for p in init_params(_find(scan_datamodules(), data)["class"])},
+    known = {"model": {p.name for p in entry_params(model, "model")},
+             "data": {p.name for p in entry_params(data, "data")},
              "trainer": set(inspect.signature(lightning.Trainer.__init__).parameters) - {"self"}}
     for key, spec in space.items():
         section, _, name = str(key).partition(".")
         if section not in known or name not in known[section]:
-            raise ZooUserError(f"search space key '{key}' is not an argument of {section if section in known else 'the run'}"
+            raise ZooUserError(f"search space key '{key}' is not an argument of "
+                               f"{section if section in known else 'the run'}"
                                f"; use model.<arg>, data.<arg> or trainer.<arg> from `train.py --model {model} --help`")
         if not isinstance(spec, dict) or spec.get("type") not in TYPES:
             raise ZooUserError(f"search space key '{key}' needs a type: {', '.join(TYPES)}")
@@ -119,7 +119,8 @@ def _study(args: argparse.Namespace, folder: Path, direction: str) -> Any:
     url = args.storage or f"sqlite:///{folder / 'study.db'}"
     storage = optuna.storages.RDBStorage(url, heartbeat_interval=max(1, args.stale_after // 4),
                                          grace_period=args.stale_after,
-                                         engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {})
+                                         engine_kwargs=({"connect_args": {"timeout": 60}} if url.startswith("sqlite")
+                                                        else {}))
     pruner = {"median": optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
               "hyperband": optuna.pruners.HyperbandPruner(), "none": optuna.pruners.NopPruner()}[args.pruner]
     study = optuna.create_study(storage=storage, study_name=args.study or folder.name, direction=direction,

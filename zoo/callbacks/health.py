@@ -7,7 +7,8 @@ run without these callbacks, or between measurements, has none. Numbers go to ev
 explode, and draws a heat map of the per-layer gradient norms over the run (``artifacts/``).
 
 Example:
-    >>> trainer = L.Trainer(callbacks=[ActivationStats(every_n_steps=50), GradientHealth(every_n_steps=50)])  # doctest: +SKIP
+    >>> trainer = L.Trainer(  # doctest: +SKIP
+    ...     callbacks=[ActivationStats(every_n_steps=50), GradientHealth(every_n_steps=50)])
 """
 from __future__ import annotations
 
@@ -94,10 +95,10 @@ class GradientHealth(Callback):
     """Per weighted layer matching ``layers``, every ``every_n_steps`` steps: the gradient norm (before clipping)
     and the update-to-weight ratio ``|w_after - w_before| / |w_before|`` of that optimiser step.
 
-    Warns (once per kind, naming the step and the layers) when the gradient norm of a layer in the first third of the network stays
-    below ``vanish_below`` for ``patience`` measurements in a row, or when a norm is not finite or jumps above
-    ``explode_factor`` times that layer's median so far. ``on_fit_end`` draws ``gradient_norms`` (log10 norm,
-    layers x measured steps) into ``artifacts/`` and the loggers.
+    Warns (once per kind, naming the step and the layers) when the gradient norm of a layer in the first third of
+    the network stays below ``vanish_below`` for ``patience`` measurements in a row, or when a norm is not finite or
+    jumps above ``explode_factor`` times that layer's median so far. ``on_fit_end`` draws ``gradient_norms`` (log10
+    norm, layers x measured steps) into ``artifacts/`` and the loggers.
     """
 
     def __init__(self, every_n_steps: int = 50, layers: str = "*", vanish_below: float = 1e-7, patience: int = 3,

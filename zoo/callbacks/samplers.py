@@ -23,11 +23,16 @@ from zoo.artifacts import log_figure, log_image
 __all__ = ["SampleGrid", "LatentInterpolation", "image_grid", "slerp"]
 
 
-def image_grid(images: torch.Tensor, nrow: int) -> torch.Tensor:
-    """(N, C, H, W) images in [0, 1] -> one (C, H', W') grid with 1-pixel white gaps."""
+def image_grid(images: torch.Tensor, nrow: int, min_cell: int = 64) -> torch.Tensor:
+    """(N, C, H, W) images in [0, 1] -> one (C, H', W') grid with white gaps; small images are enlarged (nearest
+    neighbour, whole multiples) until a cell is at least ``min_cell`` pixels high, so 8x8 digits stay readable."""
     from torchvision.utils import make_grid
 
-    return make_grid(images.detach().float().clamp(0, 1).cpu(), nrow=nrow, padding=1, pad_value=1.0)
+    images = images.detach().float().clamp(0, 1).cpu()
+    scale = max(1, -(-min_cell // images.shape[-2]))
+    if scale > 1:
+        images = torch.nn.functional.interpolate(images, scale_factor=scale, mode="nearest")
+    return make_grid(images, nrow=nrow, padding=2, pad_value=1.0)
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -1,8 +1,7 @@
-"""All zoo LightningDataModules; importing this package registers every DataModule.
-
-Every module in this folder is imported and its ``__all__`` re-exported, e.g.
-``from zoo.datamodules import MNISTDataModule``.
+"""All zoo LightningDataModules, imported lazily: ``from zoo.datamodules import MNISTDataModule`` imports
+``images.py`` only. The public names are the ``__all__`` of every module here; the registered names are
+``zoo.registry.DATAMODULES``.
 """
-from zoo._discover import import_submodules
+from zoo._discover import lazy_exports
 
-__all__ = import_submodules(__name__, __path__, globals())
+__getattr__, __dir__ = lazy_exports(__name__, __path__)

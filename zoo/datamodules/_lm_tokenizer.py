@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import torch
 
-from zoo.datamodules._tokenize import TextEncoder
+from zoo.datamodules.tokenizers import TextEncoder
 from zoo.errors import ZooUserError
 
 __all__ = ["LMTokenizer", "TokenizerKind"]

@@ -50,7 +50,8 @@ def infer_columns(frame: pd.DataFrame, targets: list[str], numeric: list[str] | 
     given = [*(numeric or []), *(categorical or []), *drop, *targets]
     unknown = [c for c in given if c not in frame.columns]
     if unknown:
-        raise ZooUserError(f"column '{unknown[0]}' is not in the table; its columns are {', '.join(map(str, frame.columns))}")
+        raise ZooUserError(f"column '{unknown[0]}' is not in the table; "
+                           f"its columns are {', '.join(map(str, frame.columns))}")
     num, cat = list(numeric or []), list(categorical or [])
     for col in frame.columns:
         if col in given:
@@ -127,7 +128,8 @@ class TablePrep:
         x = np.stack([numeric_values(train[c]) for c in numeric], axis=1) if numeric else np.zeros((len(train), 0))
         empty = [c for c, col in zip(numeric, x.T) if np.isnan(col).all()]
         if empty:
-            raise ZooUserError(f"column '{empty[0]}' has no value in the training rows; drop it with --data.drop {empty[0]}")
+            raise ZooUserError(f"column '{empty[0]}' has no value in the training rows; "
+                               f"drop it with --data.drop {empty[0]}")
         medians = np.nanmedian(x, axis=0) if numeric else np.zeros(0)
         indicators = [c for c, col in zip(numeric, x.T) if self.missing_indicator and np.isnan(col).any()]
         x = np.where(np.isnan(x), medians, x)

@@ -59,7 +59,8 @@ def _rows(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
                     try:
                         rows.append(json.loads(line))
                     except json.JSONDecodeError as exc:
-                        raise ZooUserError(f"'{path}' line {i} is not JSON ({exc.msg}); write one object per line") from exc
+                        raise ZooUserError(f"'{path}' line {i} is not JSON ({exc.msg}); "
+                                           "write one object per line") from exc
         return rows, list(rows[0]) if rows else []
     delimiter = "\t" if path.suffix == ".tsv" else ","
     quoting = csv.QUOTE_NONE if path.suffix == ".tsv" else csv.QUOTE_MINIMAL  # GLUE TSVs keep raw quotes

@@ -29,7 +29,6 @@ import torch
 from zoo.datamodules.base import InMemoryDataModule
 from zoo.datamodules.images import stratified_split
 from zoo.errors import ZooUserError
-from zoo.registry import register_datamodule
 
 __all__ = ["AudioDataModule", "SoundsDataModule", "AudioFolderDataModule", "FSDDDataModule", "read_audio",
            "fix_length", "generate_sounds", "parse_label_pattern"]
@@ -69,7 +68,8 @@ def fix_length(wave: torch.Tensor, length: int) -> torch.Tensor:
     return torch.nn.functional.pad(wave, (-extra // 2, -extra - (-extra // 2)))
 
 
-def generate_sounds(samples_per_class: int, sample_rate: int, duration: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def generate_sounds(samples_per_class: int, sample_rate: int, duration: float,
+                    seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Seeded clips of the ten ``SOUND_CLASSES``: (waves (N, L) float32, labels (N,)).
 
     Each clip lasts 0.3-0.9 s (at a random onset, with a 10 ms fade), has a random base frequency and
@@ -222,7 +222,8 @@ class AudioDataModule(InMemoryDataModule):
             try:
                 waves.append(fix_length(read_audio(f, self.sample_rate), self.num_samples))
             except ValueError as exc:
-                raise ZooUserError(f"'{f}' is {exc}; predict expects audio files ({', '.join(AUDIO_EXTENSIONS)})") from exc
+                raise ZooUserError(f"'{f}' is {exc}; "
+                                   f"predict expects audio files ({', '.join(AUDIO_EXTENSIONS)})") from exc
         self.predict_names = [str(f.relative_to(src)) if src.is_dir() else f.name for f in files]
         return self.make_loader((torch.stack(waves), torch.zeros(len(files), dtype=torch.long)), train=False)
 
@@ -231,7 +232,6 @@ def _list_audio(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
 
 
-@register_datamodule("sounds")
 class SoundsDataModule(AudioDataModule):
     """Ten classes of generated sounds (seeded, no files needed): the offline default of ``audio_cnn``.
 
@@ -255,7 +255,6 @@ class SoundsDataModule(AudioDataModule):
         return x, y, [f"{SOUND_CLASSES[k]}_{i}" for i, k in enumerate(y.tolist())], {"train": train, "test": test}
 
 
-@register_datamodule("audio_folder", aliases=("audiofolder",))
 class AudioFolderDataModule(AudioDataModule):
     """A folder of audio files labelled by sub-folder (``root/<label>/*.wav``) or by a file-name pattern.
 
@@ -366,7 +365,6 @@ class AudioFolderDataModule(AudioDataModule):
         return {"train": torch.nonzero(~test).flatten(), "test": torch.nonzero(test).flatten()}
 
 
-@register_datamodule("fsdd", aliases=("free_spoken_digits",))
 class FSDDDataModule(AudioFolderDataModule):
     """Free Spoken Digit Dataset: ``<data_dir>/audio/fsdd/recordings/{digit}_{speaker}_{index}.wav``.
 

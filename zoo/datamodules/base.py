@@ -50,7 +50,8 @@ class TensorBatchLoader:
         if batch_size <= 0:
             raise ZooUserError(f"batch_size must be positive, got {batch_size}")
         self.tensors, self.batch_size, self.shuffle, self.drop_last = tuple(tensors), batch_size, shuffle, drop_last
-        self.seed, self.epoch_fn, self.rank, self.world_size, self.transform = seed, epoch_fn, rank, world_size, transform
+        self.seed, self.epoch_fn, self.rank = seed, epoch_fn, rank
+        self.world_size, self.transform = world_size, transform
 
     def _indices(self) -> torch.Tensor:
         n = len(self.tensors[0])
@@ -82,6 +83,12 @@ class ZooDataModule(L.LightningDataModule):
 
     ``link_fields`` names the properties the CLI copies into model arguments of the same name
     (LightningCLI ``link_arguments`` on instantiation), e.g. ``num_classes`` or ``in_channels``.
+
+    Args:
+        data_dir: folder holding the data set's files (None: the offline default, bundled or generated).
+        batch_size: samples per batch.
+        num_workers: DataLoader worker processes (0: load in the training process).
+        seed: seed of the splits, shuffling and augmentation (the same seed gives the same batches).
     """
 
     link_fields: ClassVar[tuple[str, ...]] = ()

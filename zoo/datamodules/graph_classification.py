@@ -17,7 +17,6 @@ import torch
 from zoo.datamodules.graphs import _GraphBase, copy_raw, degree_one_hot
 from zoo.datamodules.images import stratified_split
 from zoo.errors import ZooUserError
-from zoo.registry import register_datamodule
 
 __all__ = ["GraphClassificationDataModule", "TUDataModule", "SyntheticGraphsDataModule", "generate_graph"]
 
@@ -33,7 +32,8 @@ class GraphClassificationDataModule(_GraphBase):
     task = "graph"
 
     def __init__(self, data_dir: str | None = None, batch_size: int = 32, val_fraction: float = 0.1,
-                 test_fraction: float = 0.1, num_workers: int = 0, seed: int = 42, cache_dir: str | None = None) -> None:
+                 test_fraction: float = 0.1, num_workers: int = 0, seed: int = 42,
+                 cache_dir: str | None = None) -> None:
         super().__init__(data_dir, batch_size, num_workers, seed, cache_dir)
         if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
             raise ZooUserError(f"val_fraction + test_fraction must be in (0, 1), got {val_fraction} + {test_fraction}")
@@ -67,7 +67,6 @@ class GraphClassificationDataModule(_GraphBase):
                           num_workers=self.num_workers)
 
 
-@register_datamodule("tu")
 class TUDataModule(GraphClassificationDataModule):
     """A TU benchmark set (MUTAG, PROTEINS, NCI1, ...) from ``<data_dir>/TU/<name>/raw``, or downloaded.
 
@@ -145,11 +144,15 @@ def generate_graph(label: int, n: int, gen: torch.Generator, max_degree: int = 1
                 num_nodes=n)
 
 
-@register_datamodule("synthetic_graphs")
 class SyntheticGraphsDataModule(GraphClassificationDataModule):
     """Generated graph classification (offline): random, two-community and scale-free graphs, 3 classes.
 
-    Graphs have ``min_nodes``..``max_nodes`` nodes, one-hot degree features and a seeded generator.
+    Graphs have one-hot degree features and come from a seeded generator.
+
+    Args:
+        num_graphs: graphs generated (split train/val/test like the TU sets).
+        min_nodes / max_nodes: the node-count range of each graph.
+        max_degree: one-hot degree features up to this degree.
     """
 
     def __init__(self, data_dir: str | None = None, num_graphs: int = 600, min_nodes: int = 12,

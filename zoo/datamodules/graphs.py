@@ -25,7 +25,6 @@ import torch
 from zoo.datamodules.base import SplitDataModule
 from zoo.datamodules.images import stratified_split
 from zoo.errors import ZooUserError
-from zoo.registry import register_datamodule
 
 __all__ = ["FullBatchLoader", "NodeDataModule", "KarateDataModule", "PlanetoidDataModule", "CoraDataModule",
            "CiteSeerDataModule", "PubMedDataModule", "CoraLinkDataModule", "CiteSeerLinkDataModule",
@@ -91,7 +90,11 @@ def degree_one_hot(edge_index: torch.Tensor, num_nodes: int, max_degree: int) ->
 
 
 class _GraphBase(SplitDataModule):
-    """Lazy loading and the shapes linked into the model (``in_channels``, ``num_classes``, ``task``)."""
+    """Lazy loading and the shapes linked into the model (``in_channels``, ``num_classes``, ``task``).
+
+    Args:
+        cache_dir: where processed graphs are cached (default: the user cache folder, never the data folder).
+    """
 
     link_fields = ("in_channels", "num_classes", "task")
 
@@ -148,6 +151,7 @@ class NodeDataModule(_GraphBase):
     Args:
         task: ``node`` (node classification) or ``link`` (edges split ``1 - val_edges - test_edges`` /
             ``val_edges`` / ``test_edges``; validation and test edges are not in the training graph).
+        val_edges / test_edges: shares of the edges held out for link validation / test.
         sampler: ``full`` (whole graph per step) or ``neighbor`` (NeighborLoader, node task only).
         num_neighbors / batch_size: NeighborLoader fan-out per layer and seed nodes per batch.
     """
@@ -217,7 +221,6 @@ class NodeDataModule(_GraphBase):
         return self._on_device[key]
 
 
-@register_datamodule("karate")
 class KarateDataModule(NodeDataModule):
     """Zachary's karate club (34 members, 4 communities) bundled with PyG: the offline default.
 
@@ -263,7 +266,8 @@ class PlanetoidDataModule(NodeDataModule):
         name, stem = self.dataset_name, self.dataset_name.lower()
         root = self.cache_dir / "planetoid"
         names = [f"ind.{stem}.{part}" for part in PLANETOID_PARTS]
-        how = (f"put the 8 Planetoid files ind.{stem}.{{{','.join(PLANETOID_PARTS)}}} in <data-dir>/planetoid/{name}/raw"
+        how = (f"put the 8 Planetoid files ind.{stem}.{{{','.join(PLANETOID_PARTS)}}} "
+               f"in <data-dir>/planetoid/{name}/raw"
                " (e.g. --data-dir ../shared/data) or add --data.download true when online")
         d = self.data_dir
         folders = [d / "planetoid" / name / "raw", d / name / "raw", d / "raw", d] if d is not None else []
@@ -272,49 +276,42 @@ class PlanetoidDataModule(NodeDataModule):
         return Planetoid(str(root), name, split=self.split, transform=transform)[0]
 
 
-@register_datamodule("cora")
 class CoraDataModule(PlanetoidDataModule):
     """Cora citation graph: 2,708 papers, 1,433 word features, 7 classes (Planetoid public split)."""
 
     dataset_name = "Cora"
 
 
-@register_datamodule("citeseer")
 class CiteSeerDataModule(PlanetoidDataModule):
     """CiteSeer citation graph: 3,327 papers, 3,703 features, 6 classes (Planetoid public split)."""
 
     dataset_name = "CiteSeer"
 
 
-@register_datamodule("pubmed")
 class PubMedDataModule(PlanetoidDataModule):
     """PubMed citation graph: 19,717 papers, 500 features, 3 classes (Planetoid public split)."""
 
     dataset_name = "PubMed"
 
 
-@register_datamodule("cora_link")
 class CoraLinkDataModule(CoraDataModule):
     """Cora with its edges split 85/5/10 (train/val/test) for link prediction (GAE setting)."""
 
     def __init__(self, data_dir: str | None = None, task: NodeTask = "link", **kwargs: Any) -> None:
         super().__init__(data_dir, task=task, **kwargs)
 
-@register_datamodule("citeseer_link")
 class CiteSeerLinkDataModule(CiteSeerDataModule):
     """CiteSeer with its edges split 85/5/10 (train/val/test) for link prediction (GAE setting)."""
 
     def __init__(self, data_dir: str | None = None, task: NodeTask = "link", **kwargs: Any) -> None:
         super().__init__(data_dir, task=task, **kwargs)
 
-@register_datamodule("pubmed_link")
 class PubMedLinkDataModule(PubMedDataModule):
     """PubMed with its edges split 85/5/10 (train/val/test) for link prediction (GAE setting)."""
 
     def __init__(self, data_dir: str | None = None, task: NodeTask = "link", **kwargs: Any) -> None:
         super().__init__(data_dir, task=task, **kwargs)
 
-@register_datamodule("karate_link")
 class KarateLinkDataModule(KarateDataModule):
     """The karate club with its edges split 85/5/10 (train/val/test) for link prediction (GAE setting)."""
 

@@ -32,7 +32,6 @@ from torch.utils.data import DataLoader, Dataset
 from zoo.datamodules.base import SplitDataModule
 from zoo.datamodules.images import Augment, DigitsDataModule, stratified_split
 from zoo.errors import ZooUserError
-from zoo.registry import register_datamodule
 
 __all__ = ["ImageFolderDataModule", "DigitsRGBDataModule", "image_transforms"]
 
@@ -89,7 +88,6 @@ class _ImageFiles(Dataset):
         return self.transform(image), self.targets[i]
 
 
-@register_datamodule("image_folder", aliases=("imagefolder",))
 class ImageFolderDataModule(SplitDataModule):
     """A folder of images, one sub-folder per class (or a multi-label CSV), split and augmented.
 
@@ -133,13 +131,15 @@ class ImageFolderDataModule(SplitDataModule):
 
     # ---- scanning ------------------------------------------------------------------------------
     def _root(self) -> Path:
-        return self.require_data_dir("image_folder", "point --data-dir at a folder with one sub-folder of images per class")
+        return self.require_data_dir("image_folder",
+                                     "point --data-dir at a folder with one sub-folder of images per class")
 
     def _drop_unreadable(self, paths: list[Path]) -> set[Path]:
         bad = _unreadable(paths)
         if not bad:
             return set()
-        listing = "; ".join(f"{p} ({why})" for p, why in bad[:10]) + (f"; ... {len(bad) - 10} more" if len(bad) > 10 else "")
+        listing = "; ".join(f"{p} ({why})" for p, why in bad[:10])
+        listing += f"; ... {len(bad) - 10} more" if len(bad) > 10 else ""
         if self.on_corrupt == "error":
             raise ZooUserError(f"{len(bad)} unreadable image(s): {listing}; delete them or pass --data.on_corrupt skip")
         warnings.warn(f"skipping {len(bad)} unreadable image(s): {listing}", stacklevel=2)
@@ -155,7 +155,8 @@ class ImageFolderDataModule(SplitDataModule):
         files = {d.name: _list_images(d) for d in class_dirs}
         for name, found in files.items():
             if not found:
-                raise ZooUserError(f"class folder '{folder / name}' has no images ({', '.join(IMAGE_EXTENSIONS[:3])}, ...); "
+                raise ZooUserError(f"class folder '{folder / name}' has no images "
+                                   f"({', '.join(IMAGE_EXTENSIONS[:3])}, ...); "
                                    "add images or remove the folder")
         bad = self._drop_unreadable([p for found in files.values() for p in found])
         paths, labels = [], []
@@ -176,7 +177,8 @@ class ImageFolderDataModule(SplitDataModule):
             rows = [r for r in csv.reader(fh) if r and not r[0].startswith("#")]
         if rows and rows[0][0].strip().lower() in ("filename", "file", "path", "image"):
             rows = rows[1:]
-        entries = [(root / r[0].strip(), [t for t in re.split(r"[;\s|]+", r[1] if len(r) > 1 else "") if t]) for r in rows]
+        entries = [(root / r[0].strip(), [t for t in re.split(r"[;\s|]+", r[1] if len(r) > 1 else "") if t])
+                   for r in rows]
         missing = [str(p) for p, _ in entries if not p.is_file()]
         if missing:
             raise ZooUserError(f"{len(missing)} file(s) in '{table}' do not exist, e.g. {missing[0]}; fix the CSV")
@@ -242,7 +244,6 @@ class ImageFolderDataModule(SplitDataModule):
         return DataLoader(dataset, batch_size=self.batch_size, num_workers=self.num_workers)
 
 
-@register_datamodule("digits_rgb")
 class DigitsRGBDataModule(DigitsDataModule):
     """scikit-learn digits as 3-channel 16 px images in [0, 1] (offline; transfer models' default)."""
 

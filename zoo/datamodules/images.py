@@ -2,7 +2,9 @@
 Fashion-MNIST and CIFAR-10.
 
 Images stay as uint8 tensors; each batch is converted, optionally resized / made 3-channel,
-augmented (training only) and normalised in one vectorised step.
+augmented (training only) and normalised in one vectorised step. ``labelled_per_class`` keeps a balanced,
+seeded labelled subset and serves the rest as unlabelled images to semi-supervised models
+(``zoo/datamodules/semi_supervised.py``).
 
 Example:
     >>> dm = DigitsDataModule(batch_size=64)
@@ -23,12 +25,12 @@ import torch
 import torch.nn.functional as F
 
 from zoo.datamodules.base import InMemoryDataModule
+from zoo.datamodules.semi_supervised import combined_train_loader, labelled_split, strong_augment
 from zoo.errors import ZooUserError
-from zoo.registry import register_datamodule
 
 __all__ = ["DigitsDataModule", "MNISTDataModule", "FashionMNISTDataModule", "CIFAR10DataModule", "ImageDataModule"]
 
-Augment = Literal["none", "shift", "flip_shift"]
+Augment = Literal["none", "shift", "flip_shift", "strong"]
 
 
 def read_idx(path: Path, magic_expected: int | None = None) -> torch.Tensor:
@@ -55,7 +57,8 @@ def read_idx(path: Path, magic_expected: int | None = None) -> torch.Tensor:
 
 
 def random_shift(x: torch.Tensor, max_frac: float, gen: torch.Generator) -> torch.Tensor:
-    """Translate each image by up to ``max_frac`` of its size (zero padding), vectorised."""
+    """Translate each image by up to ``max_frac`` of its size (zero padding), vectorised. Ours, not
+    torchvision.transforms.v2: v2 draws one random transform per call, i.e. one for the whole batch."""
     n = x.shape[0]
     shift = (torch.rand(n, 2, generator=gen) * 2 - 1) * 2 * max_frac
     theta = torch.zeros(n, 2, 3)
@@ -77,11 +80,14 @@ class ImageDataModule(InMemoryDataModule):
         data_dir: folder holding the data set's files (see each subclass).
         batch_size: samples per batch.
         val_fraction: share of the training images held out for validation (seeded, stratified).
-        augment: ``none``, ``shift`` (random translation, digits) or ``flip_shift`` (natural images).
+        augment: ``none``, ``shift`` (random translation, digits), ``flip_shift`` (natural images) or ``strong``
+            (RandAugment-like: affine, contrast, solarize, ... and Cutout, as FixMatch's strong view).
         image_size: resize every batch to this square size (e.g. 224 for ImageNet backbones).
         channels: 1 or 3; grey images are repeated to 3 channels when 3 is asked for.
         normalize: subtract the data set's mean and divide by its std (off when the model normalises).
         limit_train: keep only this many (stratified) training images, e.g. for few-shot transfer.
+        labelled_per_class: keep the labels of this many (seeded) training images per class; the rest of the
+            training split is unlabelled, served beside them to semi-supervised models (``semi_supervised``).
     """
 
     link_fields = ("num_classes", "in_channels", "image_size")
@@ -93,7 +99,8 @@ class ImageDataModule(InMemoryDataModule):
 
     def __init__(self, data_dir: str | None = None, batch_size: int = 128, val_fraction: float = 0.1,
                  augment: Augment = "none", image_size: int | None = None, channels: int | None = None,
-                 normalize: bool = True, limit_train: int | None = None, num_workers: int = 0, seed: int = 42) -> None:
+                 normalize: bool = True, limit_train: int | None = None, labelled_per_class: int | None = None,
+                 num_workers: int = 0, seed: int = 42) -> None:
         super().__init__(data_dir, batch_size, num_workers, seed)
         if not 0.0 < val_fraction < 1.0:
             raise ZooUserError(f"val_fraction must be in (0, 1), got {val_fraction}")
@@ -101,9 +108,14 @@ class ImageDataModule(InMemoryDataModule):
             raise ZooUserError(f"channels must be 1 or 3, got {channels}")
         if image_size is not None and image_size <= 0:
             raise ZooUserError(f"image_size must be positive, got {image_size}")
-        self.val_fraction, self.augment, self.normalize, self.limit_train = val_fraction, augment, normalize, limit_train
-        self._size, self._channels = image_size, channels
+        self.val_fraction, self.augment, self.normalize = val_fraction, augment, normalize
+        self.limit_train = limit_train
+        if labelled_per_class is not None and labelled_per_class < 1:
+            raise ZooUserError(f"labelled_per_class must be >= 1, got {labelled_per_class}; "
+                               "e.g. --data.labelled_per_class 10")
+        self._size, self._channels, self.labelled_per_class = image_size, channels, labelled_per_class
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.unlabelled: tuple[torch.Tensor, torch.Tensor] | None = None  # (images, hidden labels: monitoring only)
 
     @property
     def num_classes(self) -> int:
@@ -130,7 +142,20 @@ class ImageDataModule(InMemoryDataModule):
         if self.limit_train is not None:
             keep, _ = stratified_split(y[train_idx], 1 - self.limit_train / len(train_idx), self.seed)
             train_idx = train_idx[keep]
+        if self.labelled_per_class is not None:
+            lab, unl = labelled_split(y[train_idx], self.labelled_per_class, self.seed, self.class_names)
+            self.unlabelled = (x[train_idx[unl]], y[train_idx[unl]])
+            train_idx = train_idx[lab]
         self.splits = {"train": (x[train_idx], y[train_idx]), "val": (x[val_idx], y[val_idx]), "test": arrays["test"]}
+
+    def train_dataloader(self):
+        """Training batches; with ``labelled_per_class`` and a model asking for unlabelled views (its
+        ``unlabelled_views`` and ``unlabelled_ratio``), labelled and unlabelled batches together."""
+        module = self.trainer.lightning_module if getattr(self, "trainer", None) is not None else None
+        views = tuple(getattr(module, "unlabelled_views", ()) or ())
+        if self.labelled_per_class is None or not views:
+            return super().train_dataloader()
+        return combined_train_loader(self, views, int(getattr(module, "unlabelled_ratio", 1)))
 
     def batch_transform(self, train: bool):
         mean = torch.tensor(self.mean).view(1, -1, 1, 1)
@@ -139,11 +164,13 @@ class ImageDataModule(InMemoryDataModule):
         def transform(batch: tuple[torch.Tensor, ...], gen: torch.Generator) -> tuple[torch.Tensor, ...]:
             x, y = batch
             x = x.float().div_(255.0)
+            if train and self.augment == "strong":
+                x = strong_augment(x, gen)
             if self.normalize:
                 x = (x - mean) / std
             if self.image_size != x.shape[-1]:
                 x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
-            if train and self.augment != "none":
+            if train and self.augment in ("shift", "flip_shift"):
                 x = random_shift(x, 0.125 if self.augment == "flip_shift" else 0.08, gen)
                 if self.augment == "flip_shift":
                     x = random_hflip(x, gen)
@@ -185,7 +212,8 @@ class ImageDataModule(InMemoryDataModule):
             self.predict_names = [f.name for f in files]
         if x.shape[1] != self.native_channels:
             raise ZooUserError(f"predict input has {x.shape[1]} channels, this data set has {self.native_channels}")
-        return self.make_loader((x, torch.zeros(len(x), dtype=torch.long)), train=False, transform=self.batch_transform(False))
+        return self.make_loader((x, torch.zeros(len(x), dtype=torch.long)), train=False,
+                                transform=self.batch_transform(False))
 
 
 def npy_images(src: Path) -> torch.Tensor:
@@ -219,11 +247,13 @@ def stratified_split(y: torch.Tensor, fraction: float, seed: int) -> tuple[torch
     return torch.from_numpy(np.sort(a)), torch.from_numpy(np.sort(b))
 
 
-@register_datamodule("digits")
 class DigitsDataModule(ImageDataModule):
     """scikit-learn's bundled 8x8 handwritten digits (1,797 images): real data that needs no network.
 
     A seeded, stratified 20% is the test split; ``val_fraction`` of the rest is validation.
+
+    Args:
+        test_fraction: share of the 1,797 images held out for testing (seeded, stratified).
     """
 
     native_size = 8
@@ -248,6 +278,9 @@ class _IdxDataModule(ImageDataModule):
 
     Augmentation preset: ``shift`` (random translation by up to ~2 pixels); on MNIST it lifts the default
     CNN's 3-epoch test accuracy from 99.18-99.22 % to 99.33-99.40 % (seeds 42 and 1).
+
+    Args:
+        download: fetch the files with torchvision into ``data_dir`` when they are missing (needs network).
     """
 
     folder: ClassVar[str] = "MNIST"
@@ -290,7 +323,6 @@ class _IdxDataModule(ImageDataModule):
         getattr(torchvision.datasets, self.folder)(root=str(self.data_dir), train=False, download=True)
 
 
-@register_datamodule("mnist")
 class MNISTDataModule(_IdxDataModule):
     """MNIST (60k/10k 28x28 digits) from local IDX files; torchvision download when online."""
 
@@ -298,7 +330,6 @@ class MNISTDataModule(_IdxDataModule):
     mean, std = (0.1307,), (0.3081,)
 
 
-@register_datamodule("fashion_mnist", aliases=("fashionmnist",))
 class FashionMNISTDataModule(_IdxDataModule):
     """Fashion-MNIST (60k/10k 28x28 clothing images) from local IDX files; download when online."""
 
@@ -308,9 +339,12 @@ class FashionMNISTDataModule(_IdxDataModule):
                    "Ankle boot")
 
 
-@register_datamodule("cifar10")
 class CIFAR10DataModule(ImageDataModule):
-    """CIFAR-10 (50k/10k 32x32 colour images) via torchvision: ``<data_dir>/cifar-10-batches-py``."""
+    """CIFAR-10 (50k/10k 32x32 colour images) via torchvision: ``<data_dir>/cifar-10-batches-py``.
+
+    Args:
+        download: fetch the python version of CIFAR-10 with torchvision when it is missing (needs the network).
+    """
 
     native_size, native_channels = 32, 3
     mean, std = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)

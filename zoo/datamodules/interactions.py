@@ -26,7 +26,6 @@ import torch
 
 from zoo.datamodules.base import InMemoryDataModule
 from zoo.errors import ZooUserError
-from zoo.registry import register_datamodule
 
 __all__ = ["InteractionsDataModule", "MovieLensDataModule", "generate_ratings"]
 
@@ -95,7 +94,6 @@ def _padded(groups: list[np.ndarray]) -> torch.Tensor:
     return out
 
 
-@register_datamodule("ratings", aliases=("interactions",))
 class InteractionsDataModule(InMemoryDataModule):
     """User-item ratings from any CSV/TSV (``--data.path``), or a generated set (the offline default).
 
@@ -369,7 +367,6 @@ class InteractionsDataModule(InMemoryDataModule):
             self._seen_state = self._user_items(state["known_users"], state["known_items"])
 
 
-@register_datamodule("movielens", aliases=("ml100k",))
 class MovieLensDataModule(InteractionsDataModule):
     """MovieLens ml-100k from ``--data-dir`` (``u.data``, the official folds ``u1..u5``, titles from ``u.item``).
 

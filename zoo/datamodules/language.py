@@ -26,7 +26,6 @@ import torch
 from zoo.datamodules._lm_tokenizer import LMTokenizer, TokenizerKind
 from zoo.datamodules.base import SplitDataModule, TensorBatchLoader
 from zoo.errors import ZooUserError
-from zoo.registry import register_datamodule
 
 __all__ = ["LanguageDataModule", "RandomBlockLoader", "bundled_text", "read_text"]
 
@@ -78,7 +77,6 @@ class RandomBlockLoader:
             yield chunk[:, :-1], chunk[:, 1:]
 
 
-@register_datamodule("lm", aliases=("language", "text_lm"))
 class LanguageDataModule(SplitDataModule):
     """A text file or folder of .txt files as a token stream for language models (offline: Python's docs).
 

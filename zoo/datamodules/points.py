@@ -20,7 +20,6 @@ import torch
 
 from zoo.datamodules.base import InMemoryDataModule
 from zoo.errors import ZooUserError
-from zoo.registry import register_datamodule
 
 __all__ = ["Ring2DDataModule", "Grid2DDataModule", "mixture_centers"]
 
@@ -43,12 +42,13 @@ def mixture_centers(layout: Layout, num_modes: int, radius: float = 2.0, spacing
     raise ZooUserError(f"unknown layout '{layout}'; choose ring or grid")
 
 
-@register_datamodule("ring2d", aliases=("ring",))
 class Ring2DDataModule(InMemoryDataModule):
     """Mixture of equally weighted isotropic Gaussians in 2-D (ring by default), generated in memory.
 
     Args:
-        layout: ``ring`` (modes on a circle of ``radius``) or ``grid`` (``spacing`` apart).
+        layout: ``ring`` (modes on a circle) or ``grid``.
+        radius: the ring's radius.
+        spacing: distance between neighbouring grid modes.
         num_modes: number of mixture components (a square number for ``grid``).
         std: standard deviation of every component.
         num_train / num_val / num_test: samples per split (the test split is the reference set
@@ -78,6 +78,11 @@ class Ring2DDataModule(InMemoryDataModule):
         mode = torch.randint(self.num_modes, (n,), generator=generator)
         return self.centers[mode] + self.std * torch.randn(n, 2, generator=generator), mode
 
+    def reference_points(self, stage: str) -> torch.Tensor:
+        """Real points the generator's samples are scored beside: the test split at test, else validation."""
+        self.setup()
+        return self.splits["test" if stage == "test" else "val"][0]
+
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
@@ -86,7 +91,6 @@ class Ring2DDataModule(InMemoryDataModule):
 
 
 
-@register_datamodule("grid2d", aliases=("grid",))
 class Grid2DDataModule(Ring2DDataModule):
     """The 5x5 grid variant: 25 Gaussians ``spacing`` = 2 apart (centred on 0), std 0.05."""
 

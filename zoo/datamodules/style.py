@@ -26,7 +26,6 @@ from torch.utils.data import DataLoader, Dataset
 
 from zoo.datamodules.base import ZooDataModule
 from zoo.errors import ZooUserError
-from zoo.registry import register_datamodule
 
 __all__ = ["load_image", "list_images", "StylePairDataModule", "ContentFolderDataModule"]
 
@@ -140,7 +139,6 @@ class _StyleData(ZooDataModule):
         return DataLoader(_Items(n, make), num_workers=self.num_workers, **kwargs)
 
 
-@register_datamodule("style_pair", aliases=("style_images",))
 class StylePairDataModule(_StyleData):
     """One content photo and one style image for Gatys-style optimisation (offline: scikit-learn photos).
 
@@ -188,7 +186,6 @@ def _with_style(items: list[torch.Tensor], style: torch.Tensor) -> tuple[torch.T
     return torch.stack(items), style
 
 
-@register_datamodule("style_content", aliases=("content_folder",))
 class ContentFolderDataModule(_StyleData):
     """Content images (a folder, or offline scikit-learn's china.jpg) plus one style image, for ``fast_style``.
 
@@ -200,7 +197,10 @@ class ContentFolderDataModule(_StyleData):
     Args:
         data_dir: folder of content images (JPEG/PNG, searched recursively); None: scikit-learn's china.jpg.
         style: the style image (path or ``sklearn:flower.jpg``, the default).
-        size: training crop size; style_size: longer side of the style image (default ``size``).
+        size: training crop size.
+        style_size: longer side of the style image (default ``size``).
+        samples_per_epoch: random crops per training epoch.
+        val_samples: crops per validation pass.
         predict_size: longer side for ``predict`` inputs (None keeps each image's own size).
     """
 

@@ -30,7 +30,6 @@ import torch
 from zoo.datamodules._tabular_prep import Scaling, TablePrep, infer_columns, infer_task
 from zoo.datamodules.base import InMemoryDataModule
 from zoo.errors import ZooUserError
-from zoo.registry import register_datamodule
 
 __all__ = ["TabularDataModule", "load_bundled", "read_table"]
 
@@ -56,7 +55,8 @@ def load_bundled(name: str) -> tuple[pd.DataFrame, list[str]]:
 def read_table(path: Path) -> pd.DataFrame:
     """A CSV or Parquet file as a DataFrame, or a one-line user error (missing, empty, unreadable)."""
     if not path.is_file():
-        raise ZooUserError(f"table '{path}' does not exist; pass --data.path FILE.csv (relative to --data-dir or absolute)")
+        raise ZooUserError(f"table '{path}' does not exist; "
+                           "pass --data.path FILE.csv (relative to --data-dir or absolute)")
     try:
         if path.suffix.lower() in (".parquet", ".pq"):
             frame = pd.read_parquet(path)
@@ -73,7 +73,6 @@ def read_table(path: Path) -> pd.DataFrame:
     return frame
 
 
-@register_datamodule("tabular", aliases=("table", "csv"))
 class TabularDataModule(InMemoryDataModule):
     """A table (CSV / Parquet, or a scikit-learn bundled one) with preprocessing fitted on its training rows.
 
@@ -111,7 +110,8 @@ class TabularDataModule(InMemoryDataModule):
                  batch_size: int = 64, num_workers: int = 0, seed: int = 42) -> None:
         super().__init__(data_dir, batch_size, num_workers, seed)
         if not (0 < test_size < 1 and 0 < val_size < 1 and test_size + val_size < 1):
-            raise ZooUserError(f"test_size ({test_size}) and val_size ({val_size}) must be in (0, 1) with a sum below 1")
+            raise ZooUserError(f"test_size ({test_size}) and val_size ({val_size}) "
+                               "must be in (0, 1) with a sum below 1")
         if target_divisor <= 0:
             raise ZooUserError(f"target_divisor must be positive, got {target_divisor}")
         if task not in ("auto", "regression", "binary", "multiclass", "multilabel"):
@@ -213,15 +213,18 @@ class TabularDataModule(InMemoryDataModule):
         if task not in ("binary", "multiclass"):
             return []
         if len(targets) > 1:
-            raise ZooUserError(f"task {task} takes one target column, got {len(targets)}; use multilabel for 0/1 targets")
+            raise ZooUserError(f"task {task} takes one target column, got {len(targets)}; "
+                               "use multilabel for 0/1 targets")
         y = frame[targets[0]]
         values = sorted(pd.unique(y), key=lambda v: (0, float(v), "") if isinstance(v, (int, float, np.number))
                         else (1, 0.0, str(v)))
         classes = [str(v) for v in values]
         if len(classes) < 2:
-            raise ZooUserError(f"target '{targets[0]}' has a single class {classes[0]!r}; a classifier needs at least two")
+            raise ZooUserError(f"target '{targets[0]}' has a single class {classes[0]!r}; "
+                               "a classifier needs at least two")
         if task == "binary" and len(classes) != 2:
-            raise ZooUserError(f"task binary needs 2 classes, target '{targets[0]}' has {len(classes)}; use --data.task multiclass")
+            raise ZooUserError(f"task binary needs 2 classes, target '{targets[0]}' has {len(classes)}; "
+                               "use --data.task multiclass")
         return classes
 
     def _split(self, frame: pd.DataFrame, labels: pd.Series | list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

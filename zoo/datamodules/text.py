@@ -1,7 +1,7 @@
 """Text classification data: your CSV/TSV/JSONL files (``text``), GLUE SST-2 (``sst2``) and a generated
 offline sentiment set (``sentiment``, the default of ``bert``).
 
-The DataModule owns the tokenizer (see ``zoo.datamodules._tokenize``): every split is tokenised once at
+The DataModule owns the tokenizer (see ``zoo.datamodules.tokenizers``): every split is tokenised once at
 ``setup`` and held in memory; each batch is padded only to its own longest sequence, optionally with
 length-bucketed batches. ``backbone``, ``num_classes``, ``class_names``, ``multi_label``, ``vocab_size``
 and ``max_length`` are linked into the model, which stores the label names in its checkpoint.
@@ -23,15 +23,13 @@ from torch.utils.data import DataLoader
 
 from zoo.datamodules._textdata import (TextTable, encode_labels, find_split_file, generate_sentiment,
                                        label_vocabulary, read_table)
-from zoo.datamodules._tokenize import BucketBatchLoader, TextEncoder, resolve_backbone, trim_batch
+from zoo.datamodules.tokenizers import BucketBatchLoader, TextEncoder, resolve_backbone, trim_batch
 from zoo.datamodules.base import SplitDataModule
 from zoo.errors import ZooUserError
-from zoo.registry import register_datamodule
 
 __all__ = ["TextDataModule", "SST2DataModule", "SentimentDataModule"]
 
 
-@register_datamodule("text", aliases=("csv_text",))
 class TextDataModule(SplitDataModule):
     """Your labelled text: ``<data_dir>/train.{csv,tsv,jsonl}`` (+ optional val/dev and test files).
 
@@ -40,7 +38,9 @@ class TextDataModule(SplitDataModule):
         backbone: ``auto``, ``minilm``, ``scratch``, a hub name or a local model folder (tokenizer + model).
         text_column / text_pair_column / label_column: column names; a pair column makes sentence-pair input.
         labels: all label names in id order (default: sorted training labels).
-        multi_label: labels are sets, written ``a|b`` (``label_sep``) or as a JSON list.
+        multi_label: labels are sets, written ``a|b`` or as a JSON list.
+        label_sep: the separator of multi-label sets.
+        train_file / val_file / test_file: explicit split files (CSV/TSV/JSON lines) instead of ``data_dir``.
         max_length: truncate token sequences to this many tokens.
         bucket: length-bucketed training batches (less padding, faster).
         val_fraction: share of train held out for validation when there is no val file.
@@ -118,7 +118,8 @@ class TextDataModule(SplitDataModule):
         """{"train": ..., optional "val", optional "test"} with raw labels."""
         if self.hf[0]:
             return self._load_hf()
-        how = "it needs --data-dir DIR with train.csv|tsv|jsonl (or --data.train_file PATH); for an offline demo use --data sentiment"
+        how = ("it needs --data-dir DIR with train.csv|tsv|jsonl (or --data.train_file PATH); "
+               "for an offline demo use --data sentiment")
         root = self.require_data_dir("the text DataModule", how)
         found = []
         for given, stems in zip(self.files, (("train",), ("val", "valid", "validation", "dev"), ("test",))):
@@ -229,7 +230,6 @@ class TextDataModule(SplitDataModule):
         return DataLoader(items, batch_size=self.batch_size, shuffle=False, collate_fn=list)
 
 
-@register_datamodule("sst2", aliases=("sst-2", "glue_sst2"))
 class SST2DataModule(TextDataModule):
     """GLUE SST-2 movie-review sentiment (67k train phrases, 872 dev sentences) from local TSVs.
 
@@ -256,11 +256,13 @@ class SST2DataModule(TextDataModule):
         return {"train": self._read(folder / "train.tsv"), "test": self._read(folder / "dev.tsv")}
 
 
-@register_datamodule("sentiment", aliases=("toy_sentiment",))
 class SentimentDataModule(TextDataModule):
     """Generated movie-review sentiment (negative/positive), offline: seeded sentences with negation and contrast.
 
     See ``zoo.datamodules._textdata.generate_sentiment``; 20% of ``size`` is the test split.
+
+    Args:
+        size: number of generated sentences.
     """
 
     def __init__(self, data_dir: str | None = None, size: int = 1500, backbone: str = "auto", max_length: int = 32,

@@ -37,7 +37,6 @@ from zoo.datamodules._ts_transforms import (FillMissing, SeriesTransform, future
                                             log_positive, read_series_csv, window_origins)
 from zoo.datamodules.base import InMemoryDataModule
 from zoo.errors import ZooUserError
-from zoo.registry import register_datamodule
 
 __all__ = ["TimeSeriesDataModule"]
 
@@ -45,7 +44,6 @@ DEFAULT_CSV = Path("timeseries") / "airline-passengers.csv"
 Baseline = Literal["holt_winters", "none"]
 
 
-@register_datamodule("timeseries", aliases=("time_series", "csv_series"))
 class TimeSeriesDataModule(InMemoryDataModule):
     """Sliding forecast windows over CSV series with a leak-free chronological split.
 

@@ -1,9 +1,8 @@
-"""All zoo LightningModules; importing this package registers every model.
+"""All zoo LightningModules, imported lazily: ``from zoo.models import GAN`` imports ``gan.py`` only.
 
-Every module in this folder is imported and its ``__all__`` re-exported, so
-``from zoo.models import GAN`` works. Heavy optional libraries (transformers, torch_geometric,
-timm) are imported inside the models that need them, so listing models stays fast.
+The public names are the ``__all__`` of every module in this folder; which model a name registers is
+``zoo.registry.MODELS``.
 """
-from zoo._discover import import_submodules
+from zoo._discover import lazy_exports
 
-__all__ = import_submodules(__name__, __path__, globals())
+__getattr__, __dir__ = lazy_exports(__name__, __path__)

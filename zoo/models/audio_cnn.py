@@ -20,7 +20,6 @@ from zoo.errors import ZooUserError
 from zoo.models.base import ClassifierModule, OptimizerName, SchedulerName
 from zoo.models.cnn import conv_block
 from zoo.models.plots import ConfusionMatrixMixin
-from zoo.registry import register_model
 
 __all__ = ["AudioCNN", "LogMelSpectrogram", "plot_spectrograms"]
 
@@ -40,7 +39,8 @@ class LogMelSpectrogram(nn.Module):
         self.hop = max(1, round(sample_rate * hop_ms / 1000))
         if win < 8 or f_min < 0 or (f_max or sample_rate / 2) <= f_min or (f_max or 0) > sample_rate / 2:
             raise ZooUserError(f"impossible spectrogram: window {win} samples, f_min {f_min}, f_max {f_max} at "
-                               f"{sample_rate} Hz (need window >= 8 samples and 0 <= f_min < f_max <= {sample_rate / 2})")
+                               f"{sample_rate} Hz (need window >= 8 samples and "
+                               f"0 <= f_min < f_max <= {sample_rate / 2})")
         self.mel = torchaudio.transforms.MelSpectrogram(
             sample_rate, n_fft=2 ** math.ceil(math.log2(win)), win_length=win, hop_length=self.hop, f_min=f_min,
             f_max=f_max, n_mels=n_mels, power=2.0)
@@ -77,7 +77,6 @@ def plot_spectrograms(examples: dict[int, torch.Tensor], class_names: Sequence[s
     return fig
 
 
-@register_model("audio_cnn", datamodule="sounds", aliases=("audio_classifier", "m5"))
 class AudioCNN(ConfusionMatrixMixin, ClassifierModule):
     """Audio classifier: a log-mel front end + 2-D CNN, or an M5 1-D CNN on the raw waveform.
 
@@ -170,7 +169,8 @@ class AudioCNN(ConfusionMatrixMixin, ClassifierModule):
     def _wave_blocks(self, channels: tuple[int, ...], length: int) -> nn.Sequential:
         k, layers = self.hparams.kernel_size, []
         for c_in, c_out in zip(channels, channels[1:]):
-            layers += [nn.Conv1d(c_in, c_out, k, padding=k // 2, bias=False), nn.BatchNorm1d(c_out), nn.ReLU(inplace=True)]
+            layers += [nn.Conv1d(c_in, c_out, k, padding=k // 2, bias=False), nn.BatchNorm1d(c_out),
+                       nn.ReLU(inplace=True)]
             if length >= 4:
                 layers.append(nn.MaxPool1d(4))
                 length //= 4
@@ -215,6 +215,7 @@ class AudioCNN(ConfusionMatrixMixin, ClassifierModule):
         names = list(getattr(dm, "class_names", None) or range(self.hparams.num_classes))
         melspec = self.hparams.frontend == "melspec"
         with torch.no_grad():
-            shown = {k: self.frontend(x[None].to(self.device))[0].cpu() if melspec else x for k, x in self._examples.items()}
+            shown = {k: self.frontend(x[None].to(self.device))[0].cpu() if melspec else x
+                     for k, x in self._examples.items()}
         fig = plot_spectrograms(shown, names, self.hparams.sample_rate, self.frontend.hop if melspec else None)
         log_figure(self.trainer, "spectrograms", fig)

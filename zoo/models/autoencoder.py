@@ -22,7 +22,6 @@ from zoo.errors import ZooUserError
 from zoo.generative_metrics import PixelSpaceMixin
 from zoo.models.base import OptimizerName, SchedulerName, ZooModule
 from zoo.models.dcgan import DCGANDiscriminator, DCGANGenerator, check_latent_dim, mlp
-from zoo.registry import register_model
 
 __all__ = ["Autoencoder", "VAE", "kl_divergence"]
 
@@ -32,14 +31,15 @@ def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(dim=1)
 
 
-@register_model("autoencoder", datamodule="digits", aliases=("ae", "conv_autoencoder"))
 class Autoencoder(PixelSpaceMixin, ZooModule):
     """Autoencoder (conv or dense) with optional input noise and reconstruction-error anomaly AUROC.
 
     Args:
         num_classes / in_channels / image_size: filled in from the DataModule by the CLI.
         arch: ``conv`` (DCGAN-style stride-2 convs; sizes b*2^k, b in 3..7) or ``dense`` (MLP on pixels).
-        latent_dim: bottleneck size; width: conv channels at full resolution; hidden: dense widths.
+        latent_dim: bottleneck size.
+        width: conv channels at full resolution (``conv``).
+        hidden: hidden layer widths of the encoder, mirrored in the decoder (``dense``).
         noise_std: Gaussian noise added to training inputs (denoising autoencoder), in data units.
         anomaly_classes: class labels left out of training/validation and scored as anomalies at test.
         optimizer / lr / weight_decay / scheduler: the optimisation recipe.
@@ -63,7 +63,8 @@ class Autoencoder(PixelSpaceMixin, ZooModule):
             raise ZooUserError(f"noise_std must be >= 0, got {noise_std}")
         bad = [c for c in anomaly_classes if not 0 <= c < num_classes]
         if bad or len(set(anomaly_classes)) >= num_classes:
-            raise ZooUserError(f"anomaly_classes {list(anomaly_classes)} must be some (not all) of 0..{num_classes - 1}")
+            raise ZooUserError(f"anomaly_classes {list(anomaly_classes)} "
+                               f"must be some (not all) of 0..{num_classes - 1}")
         out = latent_dim * self.latent_factor
         if arch == "conv":
             self.encoder = DCGANDiscriminator(in_channels, image_size, width, "batch", out_features=out)
@@ -145,7 +146,6 @@ class Autoencoder(PixelSpaceMixin, ZooModule):
         return (self.to_unit(self(x)) - self.to_unit(x)).pow(2).flatten(1).mean(dim=1)
 
 
-@register_model("vae", datamodule="digits", aliases=("variational_autoencoder",))
 class VAE(Autoencoder):
     """Variational autoencoder: Gaussian encoder (reparameterisation), KL weight with linear annealing,
     sampling from the N(0, I) prior. Loss = summed squared error per image + weight * KL.

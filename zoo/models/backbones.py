@@ -70,9 +70,11 @@ def _resolve(name: str) -> tuple[str, str]:
 
     if source in ("", "timm") and timm.is_model(name):
         return "timm", name
-    known = tv_names if source == "torchvision" else timm.list_models() if source == "timm" else tv_names + timm.list_models()
+    known = (tv_names if source == "torchvision" else timm.list_models() if source == "timm"
+             else tv_names + timm.list_models())
     close = difflib.get_close_matches(name, known, n=4, cutoff=0.6)
-    hint = f"did you mean {', '.join(close)}?" if close else "see torchvision.models.list_models() or timm.list_models()"
+    hint = (f"did you mean {', '.join(close)}?" if close
+            else "see torchvision.models.list_models() or timm.list_models()")
     raise ZooUserError(f"unknown backbone '{name}'; {hint}")
 
 

@@ -67,6 +67,9 @@ class ZooModule(L.LightningModule):
     trainer_defaults: ClassVar[dict[str, Any]] = {}
     #: DataModule arguments this model's CLI runs default to, where the DataModule has them (flags still win).
     data_defaults: ClassVar[dict[str, Any]] = {}
+    #: What this model asks of its DataModule beyond the linked shapes (a Protocol of zoo.datamodules.interfaces);
+    #: the CLI refuses a DataModule that lacks part of it.
+    data_interface: ClassVar[type | None] = None
     #: Export formats that make sense for this model (``train.py export``); () for none.
     export_formats: ClassVar[tuple[str, ...]] = ("onnx", "torchscript")
 
@@ -205,13 +208,10 @@ class ClassifierModule(ZooModule):
         return "output = class logits (softmax for probabilities), in the order of the data's classes"
 
     def write_predictions(self, predictions: list[Any], out_dir: Path, datamodule: Any) -> Path:
-        """``predictions.csv`` (input, label, probability), also printed one line per input."""
+        """``predictions.csv`` (input, prediction, p_<class>...), also printed one line per input."""
+        from zoo.models.evaluation import write_class_predictions
+
         probs = torch.cat(predictions)
         names = getattr(datamodule, "class_names", None) or [str(i) for i in range(probs.shape[1])]
         inputs = getattr(datamodule, "predict_names", None) or [str(i) for i in range(len(probs))]
-        conf, idx = probs.max(dim=1)
-        lines = [f"{inp},{names[i]},{p:.4f}" for inp, i, p in zip(inputs, idx.tolist(), conf.tolist())]
-        print("\n".join(lines))
-        path = out_dir / "predictions.csv"
-        path.write_text("input,label,probability\n" + "\n".join(lines) + "\n")
-        return path
+        return write_class_predictions(out_dir / "predictions.csv", inputs, probs, names)

@@ -13,7 +13,6 @@ Example:
 """
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
@@ -22,11 +21,12 @@ import torch.nn.functional as F
 import torchmetrics
 from torch import nn
 
-from zoo.datamodules._tokenize import TextEncoder, resolve_backbone, warn_not_pretrained
+from zoo.datamodules.interfaces import EncodedTextData
+from zoo.datamodules.tokenizers import TextEncoder, resolve_backbone, warn_not_pretrained
 from zoo.errors import ZooUserError
 from zoo.models.base import OptimizerName, ZooModule, build_optimizer
+from zoo.models.evaluation import write_class_predictions
 from zoo.models.plots import ConfusionMatrixMixin
-from zoo.registry import register_model
 
 __all__ = ["BertClassifier"]
 
@@ -62,7 +62,6 @@ def _build_network(backbone: str, labels: dict[str, Any], vocab_size: int | None
     return net
 
 
-@register_model("bert", datamodule="sentiment", aliases=("bert_classifier", "text_classifier"))
 class BertClassifier(ConfusionMatrixMixin, ZooModule):
     """BERT-family text classifier (any HF encoder; single-/multi-label, sentence pairs) with acc, macro-F1, MCC.
 
@@ -83,6 +82,7 @@ class BertClassifier(ConfusionMatrixMixin, ZooModule):
     monitor_mode = "max"
     export_formats = ("onnx",)
     trainer_defaults = {"max_epochs": 3}
+    data_interface = EncodedTextData
 
     def __init__(self, backbone: str = "auto", num_classes: int = 2, class_names: tuple[str, ...] | None = None,
                  multi_label: bool = False, vocab_size: int | None = None, max_length: int = 128,
@@ -108,7 +108,8 @@ class BertClassifier(ConfusionMatrixMixin, ZooModule):
         if not self.pretrained and backbone_config is None:
             warn_not_pretrained("backbone 'scratch'")
         self.lr = lr if lr is not None else (5e-5 if self.pretrained else 1e-3)
-        labels = dict(num_labels=num_classes, id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)},
+        labels = dict(num_labels=num_classes, id2label=dict(enumerate(names)),
+                      label2id={n: i for i, n in enumerate(names)},
                       problem_type="multi_label_classification" if multi_label else "single_label_classification")
         if classifier_dropout is not None:
             labels["classifier_dropout"] = classifier_dropout
@@ -130,7 +131,8 @@ class BertClassifier(ConfusionMatrixMixin, ZooModule):
         base = self.net.base_model
         if embeddings:
             if not hasattr(base, "embeddings"):
-                raise ZooUserError(f"{type(base).__name__} has no .embeddings to freeze; drop --model.freeze_embeddings")
+                raise ZooUserError(f"{type(base).__name__} has no .embeddings to freeze; "
+                                   "drop --model.freeze_embeddings")
             base.embeddings.requires_grad_(False)
         if layers:
             n = self.net.config.num_hidden_layers
@@ -158,7 +160,8 @@ class BertClassifier(ConfusionMatrixMixin, ZooModule):
         for name in names:
             metric = getattr(self, f"{stage}_{name}")
             metric(preds, target)
-            self.log(f"{stage}/{name}", metric, on_step=False, on_epoch=True, prog_bar=name == "acc" and stage != "train")
+            self.log(f"{stage}/{name}", metric, on_step=False, on_epoch=True,
+                     prog_bar=name == "acc" and stage != "train")
         return {"loss": loss, "preds": preds, "target": target}
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -196,23 +199,20 @@ class BertClassifier(ConfusionMatrixMixin, ZooModule):
         opt = build_optimizer(self.param_groups(), hp.optimizer, self.lr, hp.weight_decay)
         if hp.scheduler == "none":
             return opt
+        from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
+
         total = self._total_steps()
         warm = int(round(hp.warmup_ratio * total))
-        decay = hp.scheduler == "linear"
-
-        def factor(step: int) -> float:
-            if step < warm:
-                return (step + 1) / (warm + 1)
-            return max(0.0, (total - step) / max(1, total - warm)) if decay else 1.0
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        sched = (get_linear_schedule_with_warmup(opt, warm, total) if hp.scheduler == "linear"
+                 else get_constant_schedule_with_warmup(opt, warm))  # BERT's own recipe, as Hugging Face ships it
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def configure_gradient_clipping(self, optimizer: Any, gradient_clip_val: float | None = None,
                                     gradient_clip_algorithm: str | None = None) -> None:
         value = self.hparams.gradient_clip_val if gradient_clip_val is None else gradient_clip_val
         if value:
-            self.clip_gradients(optimizer, gradient_clip_val=value, gradient_clip_algorithm=gradient_clip_algorithm or "norm")
+            self.clip_gradients(optimizer, gradient_clip_val=value,
+                                gradient_clip_algorithm=gradient_clip_algorithm or "norm")
 
     def export_dynamic_axes(self, n_inputs: int) -> list[dict[int, str]]:
         return [{0: "batch", 1: "sequence"} for _ in range(n_inputs)]
@@ -258,7 +258,8 @@ class BertClassifier(ConfusionMatrixMixin, ZooModule):
     # ---- prediction on raw strings --------------------------------------------------------------------------
     def _pack(self, items: Sequence[TextInput]) -> dict[str, torch.Tensor]:
         firsts = [x if isinstance(x, str) else x[0] for x in items]
-        pairs = None if all(isinstance(x, str) for x in items) else [x[1] if not isinstance(x, str) else "" for x in items]
+        pairs = (None if all(isinstance(x, str) for x in items)
+                 else [x[1] if not isinstance(x, str) else "" for x in items])
         return {k: v.to(self.device) for k, v in self.encoder.pack(firsts, pairs).items()}
 
     def predict_step(self, batch: Any, batch_idx: int = 0, dataloader_idx: int = 0) -> dict[str, Any]:
@@ -295,17 +296,10 @@ class BertClassifier(ConfusionMatrixMixin, ZooModule):
         return self.decode(torch.cat(probs)) if probs else []
 
     def write_predictions(self, predictions: list[Any], out_dir: Path, datamodule: Any) -> Path:
-        """Print ``label<TAB>probability<TAB>text`` per example and write predictions.csv; return its path."""
-        path = Path(out_dir) / "predictions.csv"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["text", "label", "probability", *[f"p_{n}" for n in self.class_names]])
-            for out in predictions:
-                texts = out["texts"] or [""] * len(out["probs"])
-                for text, row in zip(texts, self.decode(out["probs"])):
-                    shown = text if isinstance(text, str) else "\t".join(text)
-                    print(f"{row['label']}\t{row['probability']:.4f}\t{shown}")
-                    writer.writerow([shown, row["label"], f"{row['probability']:.6f}",
-                                     *[f"{p:.6f}" for p in row["scores"].values()]])
-        return path
+        """``predictions.csv`` (input text, prediction, p_<class>...; multi-label predictions ``a|b``), printed too."""
+        texts = [t if isinstance(t, str) else "\t".join(t) for out in predictions
+                 for t in (out["texts"] or [""] * len(out["probs"]))]
+        task = "multilabel" if self.multi_label else "multiclass"
+        probs = torch.cat([o["probs"] for o in predictions])
+        return write_class_predictions(Path(out_dir) / "predictions.csv", texts, probs, self.class_names, task,
+                                       threshold=self.hparams.threshold, sep="|")

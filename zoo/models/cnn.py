@@ -16,7 +16,6 @@ from torch import nn
 from zoo.errors import ZooUserError
 from zoo.models.base import ClassifierModule, OptimizerName, SchedulerName
 from zoo.models.plots import ConfusionMatrixMixin
-from zoo.registry import register_model
 
 __all__ = ["CNNClassifier"]
 
@@ -35,7 +34,6 @@ def conv_block(c_in: int, c_out: int, kernel: int, batch_norm: bool, pool: str, 
     return nn.Sequential(*layers)
 
 
-@register_model("cnn", datamodule="digits", aliases=("cnn_classifier",))
 class CNNClassifier(ConfusionMatrixMixin, ClassifierModule):
     """CNN image classifier (conv blocks, batch norm, dropout, pooling) with accuracy and macro-F1.
 
@@ -80,8 +78,8 @@ class CNNClassifier(ConfusionMatrixMixin, ClassifierModule):
         if kernel_size % 2 == 0 or kernel_size < 1:
             raise ZooUserError(f"kernel_size must be odd and positive, got {kernel_size}")
         if not channels or min(channels) < 1 or not 0 <= dropout < 1:
-            raise ZooUserError(f"channels must be positive widths and dropout in [0, 1), got channels {list(channels)}, "
-                               f"dropout {dropout}")
+            raise ZooUserError("channels must be positive widths and dropout in [0, 1), "
+                               f"got channels {list(channels)}, dropout {dropout}")
         self.save_hyperparameters()
         blocks, c_in, size = [], in_channels, image_size
         for c_out in channels:

@@ -79,7 +79,8 @@ class DCGANGenerator(nn.Module):
         layers: list[nn.Module] = [nn.Linear(latent_dim, c * base * base, bias=False), nn.Unflatten(1, (c, base, base)),
                                    nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
         for _ in range(n_up):
-            layers += [nn.ConvTranspose2d(c, c // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(c // 2), nn.ReLU(inplace=True)]
+            layers += [nn.ConvTranspose2d(c, c // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(c // 2),
+                       nn.ReLU(inplace=True)]
             c //= 2
         layers.append(nn.Conv2d(c, out_channels, 3, padding=1))
         if out_activation == "tanh":
@@ -100,7 +101,8 @@ class DCGANDiscriminator(nn.Module):
         super().__init__()
         base, n_down = dcgan_plan(image_size)
         c = width
-        layers: list[nn.Module] = [_wrap(nn.Conv2d(in_channels, c, 3, padding=1), norm), nn.LeakyReLU(0.2, inplace=True)]
+        layers: list[nn.Module] = [_wrap(nn.Conv2d(in_channels, c, 3, padding=1), norm),
+                                   nn.LeakyReLU(0.2, inplace=True)]
         for _ in range(n_down):
             layers += [_wrap(nn.Conv2d(c, 2 * c, 4, 2, 1, bias=norm != "batch"), norm), *_norm(norm, 2 * c),
                        nn.LeakyReLU(0.2, inplace=True)]

@@ -19,7 +19,42 @@ from torchmetrics import functional as MF
 
 from zoo.models.plots import plot_confusion_matrix
 
-__all__ = ["ClassificationTask", "classification_report", "metric_key"]
+__all__ = ["ClassificationTask", "classification_report", "metric_key", "class_columns", "write_class_predictions"]
+
+
+def class_columns(probs: torch.Tensor, names: Sequence[str], task: str = "multiclass", threshold: float = 0.5,
+                  sep: str = ";") -> dict[str, list[Any]]:
+    """The class-probabilities schema of every classifier's ``predictions.csv``: ``prediction`` (multi-label: the
+    labels at or above ``threshold`` joined by ``sep``), then one ``p_<class>`` per class (binary: the positive one)."""
+    names = [str(n) for n in names]
+    if task == "binary":
+        probs = probs.reshape(-1, 1)
+        prediction = [names[int(p >= threshold)] for p in probs[:, 0].tolist()]
+        names = names[-1:]
+    elif task == "multiclass":
+        prediction = [names[i] for i in probs.argmax(dim=1).tolist()]
+    else:
+        prediction = [sep.join(n for n, q in zip(names, row) if q >= threshold) for row in probs.tolist()]
+    scores = {f"p_{n}": [round(float(q), 4) for q in probs[:, k]] for k, n in enumerate(names)}
+    return {"prediction": prediction, **scores}
+
+
+def write_class_predictions(path: Any, inputs: Sequence[Any], probs: torch.Tensor, names: Sequence[str],
+                            task: str = "multiclass", **kw: Any) -> Any:
+    """``predictions.csv`` as ``input, prediction, p_<class>...`` (see :func:`class_columns`); printed too."""
+    import csv
+    from pathlib import Path
+
+    columns = {"input": [str(i) for i in inputs], **class_columns(probs, names, task, **kw)}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = list(zip(*columns.values()))
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(columns)
+        writer.writerows(rows)
+    print("\n".join(f"{row[0]}\t{row[1]}" for row in rows))
+    return path
 
 ClassificationTask = Literal["multiclass", "binary", "multilabel"]
 
@@ -44,7 +79,8 @@ def _plot_roc(curves: Sequence[tuple[torch.Tensor, torch.Tensor]], aucs: Sequenc
     for (fpr, tpr), auc, name in zip(curves, aucs, names):
         ax.plot(fpr.numpy(), tpr.numpy(), lw=1.2, label=f"{name} (AUC {auc:.3f})")
     ax.plot([0, 1], [0, 1], "k--", lw=0.8)
-    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC curves (test)", xlim=(0, 1), ylim=(0, 1.01))
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC curves (test)",
+           xlim=(0, 1), ylim=(0, 1.01))
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     return fig
@@ -86,7 +122,8 @@ def _plot_label_confusion(cms: torch.Tensor, names: Sequence[str]) -> Any:
 
 
 def classification_report(
-    task: ClassificationTask, probs: torch.Tensor, target: torch.Tensor, class_names: Sequence[str], threshold: float = 0.5
+    task: ClassificationTask, probs: torch.Tensor, target: torch.Tensor, class_names: Sequence[str],
+    threshold: float = 0.5,
 ) -> tuple[dict[str, float], dict[str, Any]]:
     """Numbers and figures of a test set.
 

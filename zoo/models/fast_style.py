@@ -27,7 +27,6 @@ from zoo.errors import ZooUserError
 from zoo.models.base import OptimizerName, SchedulerName, ZooModule
 from zoo.models.vgg_features import FrozenLossNetCheckpointMixin, PerceptualLoss, VGGArch, log_style_outputs
 from zoo.pretrained import Pretrained
-from zoo.registry import register_model
 
 __all__ = ["TransformerNet", "FastStyleTransfer"]
 
@@ -74,7 +73,6 @@ class TransformerNet(nn.Module):
         return self.up(self.res(self.down(x)))[..., :h, :w]
 
 
-@register_model("fast_style", datamodule="style_content", aliases=("johnson", "fast_style_transfer"))
 class FastStyleTransfer(FrozenLossNetCheckpointMixin, ZooModule):
     """Johnson fast style transfer: train a feed-forward stylizer for one style, then stylise in one pass.
 

@@ -18,11 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zoo.datamodules.interfaces import PointMixtureData, missing_members
 from zoo.errors import ZooUserError
 from zoo.generative_metrics import PixelSpaceMixin, build_image_quality, mode_metrics
 from zoo.models.base import ZooModule
 from zoo.models.dcgan import DCGANDiscriminator, DCGANGenerator, Norm, check_latent_dim, mlp
-from zoo.registry import register_model
 
 __all__ = ["GANBase", "GAN", "PointGAN", "discriminator_loss", "generator_loss", "gradient_penalty", "r1_penalty"]
 
@@ -147,7 +147,6 @@ class GANBase(ZooModule):
         return out
 
 
-@register_model("gan", datamodule="digits", aliases=("dcgan",))
 class GAN(PixelSpaceMixin, GANBase):
     """DCGAN image generator (BN + ReLU G, BN + LeakyReLU D, DCGAN init) with classifier-feature FID at test.
 
@@ -158,11 +157,13 @@ class GAN(PixelSpaceMixin, GANBase):
         g_width / d_width: channels at full resolution (doubling at every halving).
         loss: ``bce`` (non-saturating), ``hinge`` or ``wgan-gp``.
         d_norm: D's normalisation; default batch, and layer norm for WGAN-GP (batch norm breaks the penalty).
-        n_critic: D steps per G step (default 1, and 5 for WGAN-GP); gp_weight: WGAN-GP's lambda;
-            r1_weight: R1 penalty on D's gradient at real images (0: off).
+        n_critic: D steps per G step (default 1, and 5 for WGAN-GP).
+        gp_weight: WGAN-GP's gradient-penalty weight lambda.
+        r1_weight: R1 penalty on D's gradient at real images (0: off).
         lr / lr_d / beta1 / beta2: Adam for G (and D; ``lr_d`` defaults to ``lr``).
         classifier_ckpt: a zoo ``cnn`` checkpoint on the same data for the test metrics; when unset a
-            CNN is trained on the train split at test time for ``classifier_epochs`` epochs.
+            CNN is trained on the train split at test time.
+        classifier_epochs: epochs of that test-time CNN (when ``classifier_ckpt`` is unset).
         ema_decay: exponential moving average of the weights (Lightning's ``EMAWeightAveraging``) used for
             validation, test and checkpoints; 0 turns it off.
         sample_every: write sample and interpolation grids every N epochs (0: never).
@@ -218,17 +219,17 @@ class GAN(PixelSpaceMixin, GANBase):
         del self.quality
 
 
-@register_model("gan2d", datamodule="ring2d", aliases=("point_gan",))
 class PointGAN(GANBase):
     """MLP GAN for 2-D mixtures (``ring2d``, ``grid2d``) reporting modes covered and high-quality share.
 
     Args:
-        latent_dim: noise size; hidden: widths of G's and D's hidden layers.
+        latent_dim: noise size.
+        hidden: widths of G's and D's hidden layers.
         loss / n_critic / gp_weight / lr / lr_d / beta1 / beta2: as for ``gan``.
         r1_weight: R1 penalty on D's gradient at real points (0: off).
-        pack: PacGAN packing, D judges ``pack`` samples at once (1 = plain GAN).
-        Defaults (two-time-scale Adam, PacGAN-2, R1) cover all 8 ``ring2d`` modes; a plain GAN
-        (``--model.pack 1 --model.r1_weight 0``) collapses to one or two.
+        pack: PacGAN packing, D judges ``pack`` samples at once (1 = plain GAN). The defaults
+            (two-time-scale Adam, PacGAN-2, R1) cover all 8 ``ring2d`` modes; a plain GAN
+            (``--model.pack 1 --model.r1_weight 0``) collapses to one or two.
         num_eval_samples: generated points scored against the mode centres at val/test.
         ema_decay: as for ``gan``; on by default here: the averaged generator puts ~92-93 % of its samples
             within 3 std of a mode on ``ring2d`` (85-92 % without).
@@ -236,6 +237,7 @@ class PointGAN(GANBase):
     """
 
     trainer_defaults = {"max_epochs": 100}  # 12.8k steps: fewer leave modes half-learnt
+    data_interface = PointMixtureData
 
     def __init__(self, latent_dim: int = 16, hidden: tuple[int, ...] = (128, 128, 128), loss: GANLoss = "bce",
                  n_critic: int | None = None, gp_weight: float = 0.1, r1_weight: float = 0.1, pack: int = 2,
@@ -265,11 +267,11 @@ class PointGAN(GANBase):
 
     def _score(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None)
-        if dm is None or not hasattr(dm, "centers"):
+        if dm is None or missing_members(dm, PointMixtureData):
             raise ZooUserError("gan2d metrics need a point-mixture DataModule with centres (--data ring2d or grid2d)")
         gen = torch.Generator().manual_seed(1234)
         fake = self(self.sample_latent(self.hparams.num_eval_samples, gen))
-        real = dm.splits["test" if stage == "test" else "val"][0]
+        real = dm.reference_points(stage)
         metrics = {f"{stage}/{k}": float(v) for k, v in mode_metrics(fake, dm.centers, dm.std).items()}
         metrics.update({f"{stage}/{k}_real": float(v) for k, v in mode_metrics(real, dm.centers, dm.std).items()
                         if k != "mode_min_frac"})

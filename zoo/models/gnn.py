@@ -23,15 +23,15 @@ import torch
 import torch.nn.functional as F
 import torchmetrics
 
+from zoo.artifacts import log_figure
 from zoo.errors import ZooUserError
 from zoo.models.base import OptimizerName, SchedulerName, ZooModule
+from zoo.models.evaluation import write_class_predictions
 from zoo.models.gnn_tasks import ConvName, GNNEncoder, GraphReadout, LinkDecoder, TaskName, paper_defaults
-from zoo.registry import register_model
 
 __all__ = ["GNN"]
 
 
-@register_model("gnn", datamodule="karate")
 class GNN(ZooModule):
     """GCN / GAT / GraphSAGE / GIN for node classification, graph classification and link prediction.
 
@@ -43,9 +43,10 @@ class GNN(ZooModule):
         out_channels: embedding size for link prediction (node classification outputs ``num_classes``).
         heads / out_heads: GAT attention heads in hidden / output layers (GAT only).
         act / norm / residual: ``relu``/``elu``, ``none``/``batch``/``layer``, additive skip connections.
-        pool: graph readout ``mean``, ``sum`` or ``max``; decoder: link decoder ``dot`` or ``mlp``.
-        optimizer / lr / weight_decay / scheduler: the optimisation recipe; ``decay_first_only``
-            applies weight decay to the first layer only (GCN paper).
+        pool: graph readout ``mean``, ``sum`` or ``max``.
+        decoder: link decoder ``dot`` or ``mlp``.
+        optimizer / lr / weight_decay / scheduler: the optimisation recipe.
+        decay_first_only: weight decay on the first layer only (GCN paper; default: GCN on its own data).
     """
 
     monitor, monitor_mode = "val/acc", "max"
@@ -137,7 +138,8 @@ class GNN(ZooModule):
         params = [p for p in self.parameters() if p.requires_grad]
         if not self.hparams.decay_first_only:
             return params
-        first = {id(p) for p in self.encoder.convs[0].parameters()} | {id(p) for p in self.encoder.skips[0].parameters()}
+        first = ({id(p) for p in self.encoder.convs[0].parameters()}
+                 | {id(p) for p in self.encoder.skips[0].parameters()})
         return [{"params": [p for p in params if id(p) in first]},
                 {"params": [p for p in params if id(p) not in first], "weight_decay": 0.0}]
 
@@ -191,6 +193,14 @@ class GNN(ZooModule):
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
         self._step(batch, "test")
+        if batch_idx == 0 and self.hparams.task != "graph" and self.trainer.is_global_zero:
+            from zoo.models.plots import plot_embedding
+
+            keep = batch.get("test_mask") if self.hparams.task == "node" else None  # the nodes scored at test
+            h = self.encoder(batch.x, batch.edge_index)
+            y = batch.y if batch.get("y") is not None and batch.y.dim() == 1 else None
+            h, y = (h[keep], y[keep] if y is not None else None) if keep is not None else (h, y)
+            log_figure(self.trainer, "embeddings", plot_embedding(h, y, f"{self.hparams.conv} node outputs, test"))
 
     # ---- predictions ---------------------------------------------------------------------------
     def predict_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
@@ -208,21 +218,18 @@ class GNN(ZooModule):
         return {"id": torch.arange(probs.size(0)), "probs": probs}
 
     def write_predictions(self, predictions: list[Any], out_dir: Path, datamodule: Any) -> Path:
-        """One CSV row per node / graph (id, predicted class, probability) or per scored edge."""
-        out_dir.mkdir(parents=True, exist_ok=True)
+        """Nodes / graphs: the class-probabilities schema (input = node or graph id, prediction, p_<class>...);
+        links: one row per scored edge (source, target, prob)."""
         path = out_dir / "predictions.csv"
+        if self.hparams.task != "link":
+            probs = torch.cat([p["probs"] for p in predictions])
+            ids = [i for p in predictions for i in p["id"].tolist()] if all("id" in p for p in predictions) \
+                else list(range(len(probs)))
+            return write_class_predictions(path, ids, probs, [str(c) for c in range(probs.shape[1])])
+        out_dir.mkdir(parents=True, exist_ok=True)
         with open(path, "w", newline="") as fh:
             writer = csv.writer(fh)
-            if self.hparams.task == "link":
-                writer.writerow(["source", "target", "prob"])
-                for p in predictions:
-                    writer.writerows(zip(p["source"].tolist(), p["target"].tolist(), p["prob"].tolist()))
-            else:
-                writer.writerow(["id", "pred", "prob"])
-                seen = 0
-                for p in predictions:
-                    conf, pred = p["probs"].max(-1)
-                    ids = p["id"].tolist() if "id" in p else range(seen, seen + len(pred))
-                    seen += len(pred)
-                    writer.writerows(zip(ids, pred.tolist(), [round(c, 5) for c in conf.tolist()]))
+            writer.writerow(["source", "target", "prob"])
+            for p in predictions:
+                writer.writerows(zip(p["source"].tolist(), p["target"].tolist(), p["prob"].tolist()))
         return path

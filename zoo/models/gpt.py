@@ -27,9 +27,9 @@ import torchmetrics
 from torch import nn
 
 from zoo.artifacts import artifact_path
+from zoo.datamodules.interfaces import TokenStreamData
 from zoo.errors import ZooUserError
 from zoo.models.base import ZooModule
-from zoo.registry import register_model
 from zoo.runs import is_wandb
 
 __all__ = ["GPT", "warmup_cosine", "sinusoidal_encoding"]
@@ -80,7 +80,6 @@ class Block(nn.Module):
         return x + self.mlp(self.ln2(x))
 
 
-@register_model("gpt", datamodule="lm", aliases=("gpt_lm", "nanogpt"))
 class GPT(ZooModule):
     """Decoder-only GPT (causal self-attention) trained from scratch; generates text.
 
@@ -104,6 +103,7 @@ class GPT(ZooModule):
 
     monitor, monitor_mode = "val/loss", "min"
     trainer_defaults = {"max_epochs": 8, "gradient_clip_val": 1.0}
+    data_interface = TokenStreamData
     predict_hint = "it continues the text of a prompt file"
 
     def __init__(

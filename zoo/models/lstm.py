@@ -26,10 +26,10 @@ import torchmetrics
 from torch import nn
 
 from zoo.artifacts import log_figure
+from zoo.datamodules.interfaces import ForecastData
 from zoo.errors import ZooUserError
 from zoo.models.base import OptimizerName, SchedulerName, ZooModule
 from zoo.precision import cpu_bf16_kernels
-from zoo.registry import register_model
 
 __all__ = ["LSTMForecaster", "baseline_forecasts", "plot_forecast"]
 
@@ -81,7 +81,6 @@ def plot_forecast(axis: Any, series: np.ndarray, test_start: int, forecasts: dic
     return fig
 
 
-@register_model("lstm", datamodule="timeseries", aliases=("lstm_forecaster",))
 class LSTMForecaster(ZooModule):
     """Stacked-LSTM multi-step forecaster (correcting Holt-Winters by default), judged beside the baselines.
 
@@ -92,7 +91,8 @@ class LSTMForecaster(ZooModule):
             ``benchmarks/bench_lstm.py`` cut one year short, and beat the earlier two layers of 64 at lr 3e-3
             on the two other held-out years too (``--origins 3``, with ``--data.baseline none``); on the
             Holt-Winters residual no change held up on all three years. ``num_layers`` > 1 stacks.
-        loss: ``mse``, ``mae`` or ``huber`` on the transformed (scaled) targets; ``huber_delta`` for huber.
+        loss: ``mse``, ``mae`` or ``huber`` on the transformed (scaled) targets.
+        huber_delta: where the huber loss turns from quadratic to linear.
         optimizer / lr / weight_decay / scheduler: the optimisation recipe.
         plot_history: steps of history shown before the test block in the forecast plot.
     """
@@ -103,6 +103,7 @@ class LSTMForecaster(ZooModule):
     # two-layer model: RMSE 19.1 -> 15.0 at lookback 24; the lookback-36 default wins on more other series).
     default_patience = 20
     trainer_defaults = {"max_epochs": 200}
+    data_interface = ForecastData
 
     def __init__(self, input_size: int = 3, num_targets: int = 1, lookback: int = 36, horizon: int = 12,
                  hidden_size: int = 32, num_layers: int = 1, dropout: float = 0.1,

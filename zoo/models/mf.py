@@ -17,9 +17,9 @@ import torchmetrics
 from torch import nn
 
 from zoo.artifacts import log_figure
+from zoo.datamodules.interfaces import InteractionData
 from zoo.errors import ZooUserError
 from zoo.models.base import OptimizerName, SchedulerName, ZooModule
-from zoo.registry import register_model
 
 __all__ = ["MatrixFactorization", "RecommenderMixin", "fit_biases"]
 
@@ -109,7 +109,6 @@ class RecommenderMixin:
         log_figure(self.trainer, "item_embeddings_pca", fig)
 
 
-@register_model("mf", datamodule="ratings", aliases=("matrix_factorization", "biased_mf"))
 class MatrixFactorization(RecommenderMixin, ZooModule):
     """Biased matrix factorisation for explicit ratings: global mean + user and item biases + factor dot product.
 
@@ -129,6 +128,7 @@ class MatrixFactorization(RecommenderMixin, ZooModule):
     monitor, monitor_mode = "val/rmse", "min"
     default_patience = 5
     trainer_defaults = {"max_epochs": 200}
+    data_interface = InteractionData
 
     def __init__(self, num_users: int = 1, num_items: int = 1, embedding_dim: int = 128, l2: float = 0.1,
                  bias_l2: float = 0.01, dropout: float = 0.0, init_std: float = 0.1, init_biases: bool = True,

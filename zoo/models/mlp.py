@@ -25,11 +25,10 @@ import torchmetrics
 from torch import nn
 
 from zoo.artifacts import log_figure
-from zoo.datamodules._tabular_report import plot_importance, plot_regression, write_table_predictions
 from zoo.errors import ZooUserError
+from zoo.models._tabular_report import plot_importance, plot_regression, write_table_predictions
 from zoo.models.base import ClassifierModule, OptimizerName, SchedulerName
 from zoo.models.evaluation import classification_report, metric_key
-from zoo.registry import register_model
 
 __all__ = ["TabularMLP"]
 
@@ -45,7 +44,8 @@ def _norm(kind: str, width: int) -> nn.Module:
 class ResidualBlock(nn.Module):
     """Gorishniy et al.'s ResNet block: ``x + Dropout(Linear(Dropout(act(Linear(Norm(x))))))``."""
 
-    def __init__(self, width: int, inner: int, norm: str, activation: str, dropout: float, inner_dropout: float) -> None:
+    def __init__(self, width: int, inner: int, norm: str, activation: str, dropout: float,
+                 inner_dropout: float) -> None:
         super().__init__()
         self.body = nn.Sequential(_norm(norm, width), nn.Linear(width, inner), ACTIVATIONS[activation](),
                                   nn.Dropout(inner_dropout), nn.Linear(inner, width), nn.Dropout(dropout))
@@ -71,7 +71,6 @@ class PeriodicEmbedding(nn.Module):
         return torch.relu(torch.einsum("bfk,fkd->bfd", z, self.weight) + self.bias).flatten(1)
 
 
-@register_model("mlp", datamodule="tabular", aliases=("tabular_mlp", "dense"))
 class TabularMLP(ClassifierModule):
     """MLP / ResNet for tables: category embeddings, regression, binary, multi-class and multi-label heads.
 
@@ -158,8 +157,10 @@ class TabularMLP(ClassifierModule):
         self._init_weights(init, activation)
         nn.init.zeros_(self.head.weight)  # start from the trivial predictor: the training mean / uniform classes
         n_targets = num_outputs if task == "regression" else 0
-        self.register_buffer("y_mean", torch.tensor(list(target_mean) or [0.0] * n_targets, dtype=torch.float32).view(1, -1))
-        self.register_buffer("y_std", torch.tensor(list(target_std) or [1.0] * n_targets, dtype=torch.float32).view(1, -1))
+        self.register_buffer("y_mean",
+                             torch.tensor(list(target_mean) or [0.0] * n_targets, dtype=torch.float32).view(1, -1))
+        self.register_buffer("y_std",
+                             torch.tensor(list(target_std) or [1.0] * n_targets, dtype=torch.float32).view(1, -1))
         self.monitor, self.monitor_mode = ("val/rmse" if task == "regression" else "val/loss"), "min"
         self._init_task_metrics()
         self.example_input_array = torch.zeros(2, num_numeric + len(cardinalities))
@@ -201,12 +202,14 @@ class TabularMLP(ClassifierModule):
         else:
             self.metric_names = ("loss", "acc", "f1")
             n = self.hparams.num_outputs
-            self._init_stage_metrics(**{"binary": dict(task="binary"), "multilabel": dict(task="multilabel", num_labels=n),
+            self._init_stage_metrics(**{"binary": dict(task="binary"),
+                                        "multilabel": dict(task="multilabel", num_labels=n),
                                         "multiclass": dict(task="multiclass", num_classes=n)}[self.task])
 
     # ---- forward, losses, predictions ---------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        parts = [self.numeric(x[:, : self.n_num])] + [emb(x[:, self.n_num + i].long()) for i, emb in enumerate(self.embeddings)]
+        parts = [self.numeric(x[:, : self.n_num])] + \
+            [emb(x[:, self.n_num + i].long()) for i, emb in enumerate(self.embeddings)]
         return self.head(self.body(torch.cat(parts, dim=1)))
 
     def criterion(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -245,7 +248,10 @@ class TabularMLP(ClassifierModule):
     def _log_step(self, stage: str, loss: torch.Tensor, preds: torch.Tensor, target: torch.Tensor) -> None:
         for name in self.metric_names[1:]:
             metric = getattr(self, f"{stage}_{name}")
-            metric.update(preds.flatten(), target.flatten()) if name in ("rmse", "mae") else metric.update(preds, target)
+            if name in ("rmse", "mae"):
+                metric.update(preds.flatten(), target.flatten())
+            else:
+                metric.update(preds, target)
         if stage == "train":
             self.log_train_step("train/loss", loss, self.train_loss, len(target))
         else:
@@ -287,10 +293,12 @@ class TabularMLP(ClassifierModule):
             figures = {"predicted_vs_true": plot_regression(preds.cpu(), truth.cpu(), [str(n) for n in names])}
         else:
             names = list(getattr(dm, "class_names", None) or [])
-            names = names if len(names) == max(self.hparams.num_outputs, 2) else [str(i) for i in range(max(self.hparams.num_outputs, 2))]
+            n_names = max(self.hparams.num_outputs, 2)
+            names = names if len(names) == n_names else [str(i) for i in range(n_names)]
             numbers, figures = classification_report(self.task, preds, y, names)
             if self.task == "multilabel":
-                f1 = torchmetrics.functional.classification.multilabel_f1_score(preds, y.long(), len(names), average=None)
+                f1 = torchmetrics.functional.classification.multilabel_f1_score(preds, y.long(), len(names),
+                                                                                average=None)
                 numbers.update({f"f1_{metric_key(n)}": float(v) for n, v in zip(names, f1)})
             for key, value in numbers.items():
                 self.log(f"test/{key}", value, sync_dist=False, rank_zero_only=True)

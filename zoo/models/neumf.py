@@ -21,10 +21,10 @@ import torchmetrics
 from torch import nn
 from torchmetrics import retrieval
 
+from zoo.datamodules.interfaces import InteractionData
 from zoo.errors import ZooUserError
 from zoo.models.base import OptimizerName, SchedulerName, ZooModule
 from zoo.models.mf import RecommenderMixin
-from zoo.registry import register_model
 
 __all__ = ["NeuMF", "ranking_metrics", "update_ranking"]
 
@@ -61,7 +61,6 @@ def update_ranking(metrics: nn.ModuleDict, scores: torch.Tensor, users: torch.Te
     metrics["full"].update(preds, target, indexes=indexes)
 
 
-@register_model("neumf", datamodule="ratings", aliases=("ncf",))
 class NeuMF(RecommenderMixin, ZooModule):
     """Neural collaborative filtering (NeuMF: GMF + MLP towers) for implicit feedback with negative sampling.
 
@@ -82,6 +81,7 @@ class NeuMF(RecommenderMixin, ZooModule):
     monitor_mode = "max"
     default_patience = 5
     trainer_defaults = {"max_epochs": 40}
+    data_interface = InteractionData
     data_defaults = {"implicit": True, "split": "leave_last_out"}
 
     def __init__(self, num_users: int = 1, num_items: int = 1, gmf_dim: int = 16,

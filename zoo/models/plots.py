@@ -14,23 +14,19 @@ from zoo.artifacts import log_figure
 
 
 def plot_confusion_matrix(cm: torch.Tensor, class_names: Sequence[str]) -> Any:
-    """A matplotlib figure of a confusion matrix (rows: true class, columns: predicted)."""
+    """A figure of a confusion matrix (rows: true class, columns: predicted), drawn by torchmetrics' plotting, sized
+    so that titles and class names fit."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from torchmetrics.utilities.plot import plot_confusion_matrix as draw
 
     n = cm.shape[0]
-    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * n, 0.8 + 0.5 * n), dpi=100)
-    ax.imshow(cm.numpy(), cmap="Blues")
-    ax.set(xticks=range(n), yticks=range(n), xlabel="predicted", ylabel="true", title="confusion matrix (test)")
-    ax.set_xticklabels(class_names, rotation=45, ha="right", fontsize=8)
-    ax.set_yticklabels(class_names, fontsize=8)
-    thresh = cm.max().item() / 2
-    for i in range(n):
-        for j in range(n):
-            ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7,
-                    color="white" if cm[i, j] > thresh else "black")
+    side = max(5.0, 0.6 * n + 2.5)
+    fig, ax = plt.subplots(figsize=(side, side * 0.85), dpi=100)
+    draw(cm.cpu(), ax=ax, add_text=n <= 30, labels=[str(c) for c in class_names], cmap="Blues")
+    ax.set_title("confusion matrix (test)")
     fig.tight_layout()
     return fig
 
@@ -52,3 +48,25 @@ class ConfusionMatrixMixin:
         dm = getattr(self.trainer, "datamodule", None)
         names = list(getattr(dm, "class_names", None) or range(cm.shape[0]))
         log_figure(self.trainer, "confusion_matrix", plot_confusion_matrix(cm, [str(n) for n in names]))
+
+
+def plot_embedding(h: torch.Tensor, labels: torch.Tensor | None, title: str) -> Any:
+    """A 2-D PCA projection of embeddings (N, D), one colour per label: do the classes separate?"""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with torch.autocast("cpu", enabled=False):  # called inside a bf16 test loop: project in float32
+        h = h.detach().float().cpu()
+        h = h - h.mean(0)
+        _, s, v = torch.linalg.svd(h, full_matrices=False)
+        xy = (h @ v[:2].T if h.shape[1] >= 2 else torch.cat([h, torch.zeros_like(h)], 1)).numpy()
+        share = (s[:2] ** 2).sum() / (s ** 2).sum().clamp_min(1e-12)
+    fig, ax = plt.subplots(figsize=(6, 5), dpi=100)
+    points = ax.scatter(xy[:, 0], xy[:, 1], c=None if labels is None else labels.cpu(), cmap="tab10", s=8)
+    if labels is not None:
+        ax.legend(*points.legend_elements(), title="class", fontsize=8, loc="best")
+    ax.set(title=f"{title} (PCA, {100 * float(share):.0f} % of variance)", xlabel="PC 1", ylabel="PC 2")
+    fig.tight_layout()
+    return fig

@@ -27,11 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zoo.datamodules.interfaces import StylePairData
 from zoo.errors import ZooUserError
 from zoo.models.base import ZooModule
 from zoo.models.vgg_features import FrozenLossNetCheckpointMixin, PerceptualLoss, VGGArch, log_style_outputs
 from zoo.pretrained import Pretrained
-from zoo.registry import register_model
 
 __all__ = ["StyleTransfer", "preserve_colors"]
 
@@ -52,21 +52,23 @@ def _resize(x: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(x, size=shape, mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
 
 
-@register_model("style_transfer", datamodule="style_pair", aliases=("gatys", "neural_style"))
 class StyleTransfer(FrozenLossNetCheckpointMixin, ZooModule):
     """Gatys neural style transfer: optimise an image (LBFGS/Adam) to match VGG content and Gram style.
 
     Args:
         image_shape: (H, W) of the generated image; the CLI links it from the DataModule.
-        arch: ``vgg16`` or ``vgg19``; pooling: ``max`` or ``avg`` (Gatys preferred average pooling).
+        arch: ``vgg16`` or ``vgg19``.
+        pooling: ``max`` or ``avg`` (Gatys preferred average pooling).
         content_layers / style_layers / style_layer_weights: VGG layer names (``relu4_2``, ``conv3_1``,
             ``pool2``) and one weight per style layer (default 1/L each).
-        content_weight / style_weight / tv_weight: loss weights; ``range_weight`` weighs the squared
-            distance of pixels outside [0, 1] (with the clamp, a box constraint LBFGS can live with).
+        content_weight / style_weight / tv_weight: loss weights.
+        range_weight: weight of the squared distance of pixels outside [0, 1] (with the clamp, a box
+            constraint LBFGS can live with).
         init: start from the ``content`` image or uniform ``noise`` (drawn from the seeded global RNG).
-        optimizer / lr: ``lbfgs`` (lr 1.0 by default; ``lbfgs_iters`` iterations per training step,
-            history ``lbfgs_history``, strong-Wolfe line search unless ``lbfgs_line_search`` is false)
-            or ``adam`` (lr 0.02, one update per step).
+        optimizer / lr: ``lbfgs`` (lr 1.0 by default) or ``adam`` (lr 0.02, one update per step).
+        lbfgs_iters: LBFGS iterations per training step.
+        lbfgs_history: LBFGS history size.
+        lbfgs_line_search: strong-Wolfe line search (false: fixed steps).
         scales: coarse-to-fine image scales, e.g. (0.25, 0.5, 1.0); the last must be 1.0.
         preserve_color: keep the content's colours in the outputs (YIQ luminance-only transfer).
         pretrained / weights: ImageNet VGG weights (``auto|true|false``) or a local file.
@@ -78,6 +80,7 @@ class StyleTransfer(FrozenLossNetCheckpointMixin, ZooModule):
                     "train fast_style to stylise new images with predict")
     supports_multi_device = False
     export_formats = ()
+    data_interface = StylePairData
 
     def __init__(
         self,

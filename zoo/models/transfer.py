@@ -12,9 +12,7 @@ Example:
 """
 from __future__ import annotations
 
-import csv
 import math
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +25,8 @@ from zoo.callbacks.finetuning import BackboneFreezeUnfreeze, apply_frozen_bn_eva
 from zoo.errors import ZooUserError
 from zoo.models.backbones import build_backbone
 from zoo.models.base import ClassifierModule, OptimizerName, SchedulerName, build_optimizer
-from zoo.models.evaluation import ClassificationTask, classification_report
+from zoo.models.evaluation import ClassificationTask, classification_report, write_class_predictions
 from zoo.pretrained import Pretrained, load_matching, resolve_weights
-from zoo.registry import register_model
 
 __all__ = ["TransferClassifier", "ProgressLR"]
 
@@ -58,8 +55,6 @@ class ProgressLR(torch.optim.lr_scheduler.LRScheduler):
         return [g.setdefault("initial_lr", g["lr"]) * factor for g in self.optimizer.param_groups]
 
 
-@register_model("densenet", datamodule="digits_rgb", backbone="densenet121")
-@register_model("resnet", datamodule="digits_rgb", aliases=("transfer",))
 class TransferClassifier(ClassifierModule):
     """Fine-tunes a torchvision/timm backbone (ResNet, DenseNet, ...) with a new head; full test report.
 
@@ -78,6 +73,8 @@ class TransferClassifier(ClassifierModule):
         dropout: dropout before the new linear head.
         optimizer / lr / weight_decay / momentum / scheduler / label_smoothing: the recipe.
     """
+
+    data_defaults = {"normalize": False}  # the backbone normalises [0, 1] input with its own mean/std
 
     def __init__(
         self,
@@ -104,7 +101,8 @@ class TransferClassifier(ClassifierModule):
         if task not in ("multiclass", "binary", "multilabel"):
             raise ZooUserError(f"task must be multiclass, binary or multilabel, got '{task}'")
         if num_classes < (1 if task == "multilabel" else 2) or (task == "binary" and num_classes != 2):
-            raise ZooUserError(f"num_classes={num_classes} does not fit task '{task}' (binary needs 2, multiclass >= 2)")
+            raise ZooUserError(f"num_classes={num_classes} does not fit task '{task}' "
+                               "(binary needs 2, multiclass >= 2)")
         if in_channels not in (1, 3):
             raise ZooUserError(f"in_channels must be 1 or 3 (grey is repeated to RGB), got {in_channels}")
         self.save_hyperparameters()
@@ -113,7 +111,8 @@ class TransferClassifier(ClassifierModule):
         self.stem_stride = stem_stride
         bb = build_backbone(backbone, stem_stride)
         self.backbone, self.stages, self.backbone_name = bb.module, bb.stages, f"{bb.source}:{bb.name}"
-        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(bb.num_features, 1 if task == "binary" else num_classes))
+        outputs = 1 if task == "binary" else num_classes
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(bb.num_features, outputs))
         self.register_buffer("input_mean", torch.tensor(bb.mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("input_std", torch.tensor(bb.std).view(1, -1, 1, 1), persistent=False)
         what = f"backbone '{self.backbone_name}'"
@@ -219,11 +218,9 @@ class TransferClassifier(ClassifierModule):
         if task != self.hparams.task:
             raise ZooUserError(f"model task '{self.hparams.task}' does not match the data's '{task}'; "
                                "drop --model.task (the CLI links it from the data)")
-        if getattr(dm, "normalize", False):
-            warnings.warn(f"{type(dm).__name__} normalises with the data set's mean/std, but {self.backbone_name} "
-                          "normalises [0, 1] input itself: switching the DataModule's normalisation off "
-                          "(pass --data.normalize false to silence this)", stacklevel=2)
-            dm.normalize = False
+        if getattr(dm, "normalize", False):  # the CLI defaults it off (data_defaults); a user who forces it is told
+            raise ZooUserError(f"{type(dm).__name__} normalises with the data set's mean/std, but {self.backbone_name} "
+                               "normalises [0, 1] input itself: drop --data.normalize true (normalize=False)")
 
     # ---- test report and prediction -------------------------------------------------------------
     def on_test_epoch_start(self) -> None:
@@ -269,18 +266,4 @@ class TransferClassifier(ClassifierModule):
         if len(items) != len(probs):  # in-memory data: the DataModule's file names, else row numbers
             known = list(getattr(datamodule, "predict_names", None) or [])
             items = known if len(known) == len(probs) else [str(i) for i in range(len(probs))]
-        task = self.hparams.task
-        path = Path(out_dir) / "predictions.csv"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["item", "prediction", *([f"p_{names[-1]}"] if task == "binary" else [f"p_{n}" for n in names])])
-            for item, p in zip(items, probs):
-                if task == "multiclass":
-                    label = names[int(p.argmax())]
-                elif task == "binary":
-                    label = names[int(p >= 0.5)]
-                else:
-                    label = ";".join(n for n, q in zip(names, p) if q >= 0.5)
-                writer.writerow([item, label, *[f"{float(q):.4f}" for q in p.reshape(-1)]])
-        return path
+        return write_class_predictions(Path(out_dir) / "predictions.csv", items, probs, names, self.hparams.task)

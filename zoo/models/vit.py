@@ -19,7 +19,6 @@ from zoo.artifacts import log_figure
 from zoo.errors import ZooUserError
 from zoo.models.base import ClassifierModule, OptimizerName, SchedulerName
 from zoo.models.plots import ConfusionMatrixMixin
-from zoo.registry import register_model
 
 __all__ = ["ViTClassifier", "last_layer_attention", "plot_attention"]
 
@@ -72,7 +71,6 @@ def plot_attention(images: torch.Tensor, maps: torch.Tensor, titles: list[str], 
     return fig
 
 
-@register_model("vit", datamodule="digits", aliases=("vision_transformer",))
 class ViTClassifier(ConfusionMatrixMixin, ClassifierModule):
     """Vision Transformer image classifier trained from scratch, with attention maps of test images.
 

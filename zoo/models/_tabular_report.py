@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from zoo.models.evaluation import class_columns
+
 __all__ = ["plot_regression", "plot_importance", "write_table_predictions"]
 
 
@@ -63,16 +65,9 @@ def write_table_predictions(preds: torch.Tensor, task: str, out_dir: Path, datam
         path = Path(out_dir) / "predictions.csv"
         table.to_csv(path, index=False)
         return path
-    probs = preds.view(-1, 1) if task == "binary" else preds
-    names = [str(n) for n in (getattr(datamodule, "class_names", None) or range(max(probs.shape[1], 2)))]
-    if task == "binary":
-        table["prediction"] = [names[int(p >= 0.5)] for p in preds.tolist()]
-    elif task == "multiclass":
-        table["prediction"] = [names[i] for i in preds.argmax(dim=1).tolist()]
-    else:
-        table["prediction"] = [";".join(n for n, q in zip(names, row) if q >= 0.5) for row in preds.tolist()]
-    for k, name in enumerate(names[-1:] if task == "binary" else names):
-        table[f"p_{name}"] = probs[:, k].numpy().round(4)
+    names = getattr(datamodule, "class_names", None) or range(max(preds.reshape(len(preds), -1).shape[1], 2))
+    for column, values in class_columns(preds, list(names), task).items():
+        table[column] = values
     path = Path(out_dir) / "predictions.csv"
     table.to_csv(path, index=False)
     return path

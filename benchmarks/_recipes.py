@@ -1,0 +1,40 @@
+"""The benchmarks' one reader of ``recipes/*.yaml``, the configurations behind the README's results rows.
+
+A benchmark runs the zoo side with ``train.py -c <recipe>`` (or builds the zoo model, DataModule and Trainer
+from the recipe's sections) and builds its plain-loop anchor from the same values, so users and benchmarks
+train the same configuration. Import it from a script in this folder as ``from _recipes import load_recipe``.
+
+    >>> cfg = load_recipe(recipe_path("cnn_mnist"))  # doctest: +SKIP
+    >>> cfg["zoo"]["model"], cfg["data"]["batch_size"]  # doctest: +SKIP
+    ('cnn', 128)
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPES = REPO / "recipes"
+SECTIONS = ("model", "data", "trainer")
+
+
+def recipe_path(name: str) -> Path:
+    """``recipes/<name>.yaml`` of this checkout."""
+    return RECIPES / f"{name}.yaml"
+
+
+def load_recipe(path: str | Path, model: str | None = None) -> dict[str, Any]:
+    """The recipe as a dict; ``model`` / ``data`` / ``trainer`` are always there (empty when the file has none)
+    and ``seed_everything`` defaults to train.py's 42. ``model``: the model the caller needs it to train."""
+    path = Path(path)
+    cfg = yaml.safe_load(path.read_text()) if path.is_file() else None
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("zoo"), dict) or "model" not in cfg["zoo"]:
+        raise SystemExit(f"{path}: not a recipe (a YAML file with a zoo: section naming the model)")
+    if model is not None and cfg["zoo"]["model"] != model:
+        raise SystemExit(f"{path}: this benchmark needs a {model} recipe, not {cfg['zoo']['model']}")
+    for key in SECTIONS:
+        cfg[key] = dict(cfg.get(key) or {})
+    cfg.setdefault("seed_everything", 42)
+    return cfg
