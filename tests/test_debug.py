@@ -147,3 +147,19 @@ def test_metric_curves_plot_each_epoch_once_with_its_own_values(make_trainer, tm
     assert curves.history["val/loss"] == pytest.approx(seen) and sorted(seen) == [0, 1, 2]
     assert set(curves.panels()) >= {"loss", "acc"} and list(curves.panels())[0] == "loss"
     assert len(list((tmp_path / "artifacts").glob("curves_step*.png"))) == 1
+
+
+def test_log_image_keeps_uint8_tensors_as_they_are(make_trainer, tmp_path: Path) -> None:
+    """A uint8 (C, H, W) tensor (torchvision's draw_bounding_boxes / make_grid output) is saved pixel for pixel,
+    not read as [0, 1] floats (which turned every photo white)."""
+    import numpy as np
+    from PIL import Image
+
+    from zoo.artifacts import log_image
+
+    image = torch.randint(0, 256, (3, 12, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    path = log_image(make_trainer(), "grid", image, step=0)
+    assert np.array_equal(np.asarray(Image.open(path)), image.permute(1, 2, 0).numpy())
+    floats = torch.rand(3, 12, 16, generator=torch.Generator().manual_seed(1))
+    saved = np.asarray(Image.open(log_image(make_trainer(), "floats", floats, step=0)))
+    assert np.abs(saved.astype(float) - floats.permute(1, 2, 0).numpy() * 255).max() <= 0.5 + 1e-6

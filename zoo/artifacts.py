@@ -31,10 +31,10 @@ def artifact_path(trainer: Any, name: str, suffix: str = ".png") -> Path:
 def log_image(trainer: Any, name: str, image: np.ndarray | torch.Tensor, step: int | None = None) -> Path | None:
     """Save an HxWxC (or CxHxW tensor) image in [0, 1] or uint8 as PNG and send it to the loggers."""
     if isinstance(image, torch.Tensor):
-        image = image.detach().float().cpu()
+        image = image.detach().cpu()
         if image.ndim == 3 and image.shape[0] in (1, 3):
             image = image.permute(1, 2, 0)
-        image = image.numpy()
+        image = image.numpy() if image.dtype == torch.uint8 else image.float().numpy()  # uint8 stays 0-255
     if image.dtype != np.uint8:
         image = (np.clip(image, 0.0, 1.0) * 255).round().astype(np.uint8)
     if image.ndim == 3 and image.shape[2] == 1:

@@ -127,7 +127,24 @@ def _study(args: argparse.Namespace, folder: Path, direction: str) -> Any:
                                 load_if_exists=True, pruner=pruner,
                                 sampler=optuna.samplers.TPESampler(seed=args.seed if args.seed is not None else 0))
     optuna.storages.fail_stale_trials(study)
+    _fail_orphans(study, storage, args.stale_after)
     return study
+
+
+def _fail_orphans(study: Any, storage: Any, grace: float) -> None:
+    """Optuna finds stale trials by their heartbeat, and a trial killed before its first heartbeat has none: mark
+    those failed too once they are older than the grace period (a live worker records its first beat at once)."""
+    import datetime
+
+    import optuna
+    import sqlalchemy
+
+    with storage.engine.connect() as con:
+        beating = {row[0] for row in con.execute(sqlalchemy.text("select trial_id from trial_heartbeats"))}
+    now = datetime.datetime.now()
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        if trial._trial_id not in beating and (now - trial.datetime_start).total_seconds() > grace:
+            storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
 
 
 def _folder(args: argparse.Namespace, model: str) -> Path:
