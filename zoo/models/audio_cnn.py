@@ -18,7 +18,7 @@ from torch import nn
 from zoo.artifacts import log_figure
 from zoo.errors import ZooUserError
 from zoo.models.base import ClassifierModule, OptimizerName, SchedulerName
-from zoo.models.cnn import conv_block
+from zoo.models.cnn import check_conv_classifier, conv_block
 from zoo.models.plots import ConfusionMatrixMixin
 
 __all__ = ["AudioCNN", "LogMelSpectrogram", "plot_spectrograms"]
@@ -132,10 +132,7 @@ class AudioCNN(ConfusionMatrixMixin, ClassifierModule):
         label_smoothing: float = 0.0,
     ) -> None:
         super().__init__()
-        if num_classes < 2:
-            raise ZooUserError(f"num_classes must be >= 2, got {num_classes}")
-        if kernel_size % 2 == 0 or kernel_size < 1:
-            raise ZooUserError(f"kernel_size must be odd and positive, got {kernel_size}")
+        check_conv_classifier(num_classes, kernel_size)
         if frontend not in ("melspec", "waveform"):
             raise ZooUserError(f"unknown frontend '{frontend}'; choose melspec or waveform")
         self.save_hyperparameters()

@@ -20,6 +20,14 @@ from zoo.models.plots import ConfusionMatrixMixin
 __all__ = ["CNNClassifier"]
 
 
+def check_conv_classifier(num_classes: int, kernel_size: int) -> None:
+    """The constructor checks every conv classifier built from :func:`conv_block` shares (one-line errors)."""
+    if num_classes < 2:
+        raise ZooUserError(f"num_classes must be >= 2, got {num_classes}")
+    if kernel_size % 2 == 0 or kernel_size < 1:
+        raise ZooUserError(f"kernel_size must be odd and positive, got {kernel_size}")
+
+
 def conv_block(c_in: int, c_out: int, kernel: int, batch_norm: bool, pool: str, dropout: float) -> nn.Sequential:
     layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2, bias=not batch_norm)]
     if batch_norm:
@@ -73,10 +81,7 @@ class CNNClassifier(ConfusionMatrixMixin, ClassifierModule):
         label_smoothing: float = 0.0,
     ) -> None:
         super().__init__()
-        if num_classes < 2:
-            raise ZooUserError(f"num_classes must be >= 2, got {num_classes}")
-        if kernel_size % 2 == 0 or kernel_size < 1:
-            raise ZooUserError(f"kernel_size must be odd and positive, got {kernel_size}")
+        check_conv_classifier(num_classes, kernel_size)
         if not channels or min(channels) < 1 or not 0 <= dropout < 1:
             raise ZooUserError("channels must be positive widths and dropout in [0, 1), "
                                f"got channels {list(channels)}, dropout {dropout}")
