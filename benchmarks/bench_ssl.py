@@ -121,10 +121,18 @@ def main() -> None:
             rows.append(("fashion_mnist", method, seed, ssl))
     summary(rows)
     out = REPO / "benchmarks" / "results" / f"bench_ssl{'_smoke' if args.smoke else ''}.json"
-    out.write_text(json.dumps([{"data": d, "method": m, "seed": s, "test_acc": r["test/acc"], "epochs": r["epochs"],
-                                "steps": r["global_step"], "train_time_s": r["train_time_s"], "run": r["_path"]}
-                               for d, m, s, r in rows], indent=2) + "\n")
-    print(f"results: {out}")
+    new = [{"data": d, "method": m, "seed": s, "test_acc": r["test/acc"], "epochs": r["epochs"],
+            "steps": r["global_step"], "train_time_s": r["train_time_s"], "run": r["_path"]} for d, m, s, r in rows]
+    out.write_text(json.dumps(merge_rows(out, new), indent=2) + "\n")
+    print(f"results: {out} (rows of other data/method/seed kept)")
+
+
+def merge_rows(path: Path, new: list[dict]) -> list[dict]:
+    """Earlier rows of ``path`` plus ``new``; a new row replaces the old one with the same data, method and seed."""
+    key = lambda row: (row["data"], row["method"], row["seed"])  # noqa: E731
+    fresh = {key(row) for row in new}
+    old = json.loads(path.read_text()) if path.exists() else []
+    return [row for row in old if key(row) not in fresh] + new
 
 
 if __name__ == "__main__":

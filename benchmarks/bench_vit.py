@@ -7,7 +7,7 @@ epochs reached and training seconds of each, with ``/proc/loadavg``; the ViT's a
 copied to ``benchmarks/results/vit_<data>_attention.png``. Each (model, data) pair is one run, so one
 command can do one pair (``--datasets fashion_mnist --models vit``) and stay short.
 
-    python benchmarks/bench_vit.py --data-dir ../shared/data --threads 2 --budget-min 5
+    python benchmarks/bench_vit.py --data-dir ../shared/data --threads 1 --budget-min 22
 """
 from __future__ import annotations
 
@@ -53,10 +53,10 @@ def main() -> None:
     parser.add_argument("--recipe", type=Path, default=RECIPE)
     parser.add_argument("--datasets", nargs="+", default=["fashion_mnist", "mnist"], choices=sorted(TARGETS))
     parser.add_argument("--models", nargs="+", default=["vit", "cnn"], choices=["vit", "cnn"])
-    parser.add_argument("--budget-min", type=int, default=5, help="training minutes per (model, data) run")
+    parser.add_argument("--budget-min", type=int, default=22, help="training minutes per (model, data) run")
     parser.add_argument("--cnn-epochs", type=int, default=8, help="CNN epochs (sized to the budget; max_time caps it)")
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"threads {args.threads}, budget {args.budget_min} min of training per run, loadavg {loadavg()}")
@@ -70,6 +70,13 @@ def main() -> None:
     print("\ndata           model  test acc  epochs  train s")
     for data, model, r in rows:
         print(f"{data:14} {model:5} {r['acc']:8.2f}  {r['epochs']:6}  {r['train_s']:7.0f}")
+    out = REPO / "benchmarks" / "results" / "bench_vit.json"
+    kept = [row for row in (json.loads(out.read_text()) if out.exists() else [])
+            if (row["data"], row["model"]) not in {(d, m) for d, m, _ in rows}]
+    out.write_text(json.dumps(kept + [{"data": d, "model": m, "threads": args.threads, "budget_min": args.budget_min,
+                                       "recipe": args.recipe.name, **r} for d, m, r in rows],
+                              indent=2) + "\n")
+    print(f"results: {out} (rows of other data/model pairs kept)")
 
 
 if __name__ == "__main__":

@@ -64,3 +64,23 @@ def test_bad_settings_raise_user_errors() -> None:
         ViTClassifier(embed_dim=30, num_heads=4)
     with pytest.raises(ZooUserError, match="pooling"):
         ViTClassifier(pooling="max")
+    with pytest.raises(ZooUserError, match="power of two"):
+        ViTClassifier(image_size=24, patch_size=3, stem="conv")
+    with pytest.raises(ZooUserError, match="stem"):
+        ViTClassifier(stem="resnet")
+
+
+@pytest.mark.parametrize("stride", [2, 4])
+def test_conv_stem_gives_the_patch_grid_and_gets_gradients(stride: int) -> None:
+    """The convolutional stem (timm's HybridEmbed over our conv stack) makes the same token grid as patches of
+    side ``stride``; its batch-norm layers get gradients and no weight decay."""
+    torch.manual_seed(0)
+    model = ViTClassifier(**{**TINY, "patch_size": stride}, stem="conv")
+    x = torch.randn(3, 1, 8, 8)
+    assert model.net.patch_embed.num_patches == (8 // stride) ** 2
+    assert model.patch_attention(x).shape == (3, 8 // stride, 8 // stride)
+    model(x).sum().backward()
+    convs = [m for m in model.net.patch_embed.backbone if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == stride.bit_length() - 1 and all(c.weight.grad.abs().sum() > 0 for c in convs)
+    no_decay = {id(p) for p in model.param_groups()[1]["params"]}
+    assert all(id(m.weight) in no_decay for m in model.net.patch_embed.backbone if isinstance(m, torch.nn.BatchNorm2d))

@@ -10,6 +10,7 @@ Example:
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Literal
 
 import torch
@@ -71,12 +72,28 @@ def plot_attention(images: torch.Tensor, maps: torch.Tensor, titles: list[str], 
     return fig
 
 
+def conv_stem(in_channels: int, embed_dim: int, stride: int) -> nn.Sequential:
+    """log2(stride) 3x3 stride-2 convolutions (BN, ReLU), widths doubling up to ``embed_dim // 2``; timm's
+    ``HybridEmbed`` adds the 1x1 projection to ``embed_dim``."""
+    n = stride.bit_length() - 1
+    widths = [max(embed_dim >> (n - i), 8) for i in range(n)]
+    layers: list[nn.Module] = []
+    for c_in, c_out in zip([in_channels, *widths], widths):
+        layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c_out),
+                   nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers) if layers else nn.Sequential(nn.Identity())
+
+
 class ViTClassifier(ConfusionMatrixMixin, ClassifierModule):
     """Vision Transformer image classifier trained from scratch, with attention maps of test images.
 
     Args:
         num_classes / in_channels / image_size: filled in from the DataModule by the CLI.
-        patch_size: side of the square patches; it must divide ``image_size``.
+        patch_size: side of the square patches; it must divide ``image_size``. With ``stem conv`` it is the
+            stem's total stride (a power of two).
+        stem: ``patch`` (ViT's linear patch embedding) or ``conv`` (3x3 stride-2 convolutions with batch norm,
+            then a 1x1 projection: Xiao et al. 2021, "Early convolutions help transformers see better"; timm's
+            ``HybridEmbed``), the same token grid either way.
         embed_dim / depth / num_heads / mlp_ratio: token width, transformer blocks, attention heads and
             MLP expansion.
         pooling: ``cls`` (a class token) or ``mean`` (average of the patch tokens) before the head.
@@ -93,6 +110,7 @@ class ViTClassifier(ConfusionMatrixMixin, ClassifierModule):
         in_channels: int = 1,
         image_size: int = 28,
         patch_size: int = 4,
+        stem: Literal["patch", "conv"] = "patch",
         embed_dim: int = 128,
         depth: int = 6,
         num_heads: int = 4,
@@ -116,11 +134,22 @@ class ViTClassifier(ConfusionMatrixMixin, ClassifierModule):
             raise ZooUserError(f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")
         if pooling not in ("cls", "mean"):
             raise ZooUserError(f"unknown pooling '{pooling}'; choose cls or mean")
+        if stem not in ("patch", "conv"):
+            raise ZooUserError(f"unknown stem '{stem}'; choose patch or conv")
+        if stem == "conv" and patch_size & (patch_size - 1):
+            raise ZooUserError(f"with --model.stem conv, patch_size is the stem's stride and must be a power of two "
+                               f"(got {patch_size}); e.g. --model.patch_size 4")
         self.save_hyperparameters()
         from timm.models.vision_transformer import VisionTransformer
 
+        embedding: dict[str, Any] = {"patch_size": patch_size}
+        if stem == "conv":
+            from timm.models.vision_transformer_hybrid import HybridEmbed
+
+            embedding = {"patch_size": 1, "embed_layer": partial(
+                HybridEmbed, backbone=conv_stem(in_channels, embed_dim, patch_size))}
         self.net = VisionTransformer(
-            img_size=image_size, patch_size=patch_size, in_chans=in_channels, num_classes=num_classes,
+            img_size=image_size, in_chans=in_channels, num_classes=num_classes, **embedding,
             embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
             class_token=pooling == "cls", global_pool="token" if pooling == "cls" else "avg",
             drop_rate=dropout, pos_drop_rate=dropout, drop_path_rate=drop_path)
