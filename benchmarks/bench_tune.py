@@ -1,10 +1,13 @@
 """``train.py tune`` on real data: does a 20-trial study beat the default configuration, what does median pruning
 save, and what do two workers on one SQLite study give on this machine's 2 cores.
 
-Task: the zoo CNN on a Fashion-MNIST subset (``--limit-train`` images, ``--epochs`` epochs per trial). Every
+Tasks (``--tasks``): ``cnn``, the zoo CNN on a Fashion-MNIST subset (``--limit-train`` images, ``--cnn-epochs``
+per trial), and ``mlp``, the tabular MLP recipe on California housing (``--mlp-epochs`` per trial). Every
 configuration runs through train.py, so the default and the best trial are scored on the same test split.
+Results are merged into ``benchmarks/results/bench_tune.json`` (one row per task and part).
 
-    python benchmarks/bench_tune.py --data-dir ../shared/data --trials 20 --parts default,median,none,jobs2
+    python benchmarks/bench_tune.py --data-dir ../shared/data --trials 20 --tasks cnn mlp --parts default median none
+    python benchmarks/bench_tune.py --data-dir ../shared/data --trials 20 --tasks cnn --parts median jobs2
 """
 from __future__ import annotations
 
@@ -19,11 +22,27 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SPACE = """model.lr: {type: float, low: 3.0e-4, high: 3.0e-2, log: true}
+SPACES = {
+    "cnn": """model.lr: {type: float, low: 3.0e-4, high: 3.0e-2, log: true}
 model.dropout: {type: float, low: 0.0, high: 0.4}
 model.channels: {type: categorical, choices: [[16, 32], [32, 64], [32, 64, 128]]}
 model.weight_decay: {type: float, low: 1.0e-6, high: 1.0e-2, log: true}
-"""
+""",
+    "mlp": """model.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}
+model.dropout: {type: float, low: 0.0, high: 0.4}
+model.hidden: {type: categorical, choices: [[128, 128], [256, 256, 256], [512, 512]]}
+model.weight_decay: {type: float, low: 1.0e-6, high: 1.0e-3, log: true}
+""",
+}
+METRICS = {"cnn": ("val/acc", "max", "test/acc"), "mlp": ("val/rmse", "min", "test/rmse")}
+
+
+def task_args(task: str, args: argparse.Namespace) -> list[str]:
+    if task == "cnn":
+        return ["--model", "cnn", "--data", "fashion_mnist", "--data-dir", args.data_dir, "--max-epochs",
+                str(args.cnn_epochs), "--data.limit_train", str(args.limit_train), "--no-early-stopping", "--seed", "0"]
+    return ["-c", str(REPO / "recipes" / "mlp_california_housing.yaml"), "--data-dir", args.data_dir, "--max-epochs",
+            str(args.mlp_epochs), "--no-early-stopping", "--seed", "0"]
 
 
 def run(args: list[str], threads: int) -> float:
@@ -33,50 +52,70 @@ def run(args: list[str], threads: int) -> float:
     return time.perf_counter() - start
 
 
+def study_row(task: str, part: str, folder: Path, seconds: float) -> dict:
+    """The best trial's validation and test metric (its own run's metrics.json), wall time and trial states."""
+    val, _, test = METRICS[task]
+    best = (folder / "best.yaml").read_text()
+    metrics = json.loads(next(p for p in folder.glob("trial-*/metrics.json")
+                              if (p.parent / "config.yaml").read_text() == best).read_text())
+    with sqlite3.connect(folder / "study.db") as con:
+        states = dict(con.execute("select lower(state), count(*) from trials group by state").fetchall())
+    epochs = sum(json.loads(p.read_text())["epochs"] for p in folder.glob("trial-*/metrics.json"))
+    return {"task": task, "part": part, "val": metrics[val], "test": metrics.get(test), "wall_s": round(seconds, 1),
+            "trials": states, "epochs_trained": epochs}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
     parser.add_argument("--trials", type=int, default=20)
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--limit-train", type=int, default=6000)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--parts", default="default,median,none,jobs2")
+    parser.add_argument("--tasks", nargs="+", default=["cnn", "mlp"], choices=sorted(SPACES))
+    parser.add_argument("--cnn-epochs", type=int, default=8)
+    parser.add_argument("--mlp-epochs", type=int, default=20)
+    parser.add_argument("--limit-train", type=int, default=4000)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--parts", nargs="+", default=["default", "median", "none"],
+                        choices=["default", "median", "none", "jobs2"])
     args = parser.parse_args()
-    task = ["--model", "cnn", "--data", "fashion_mnist", "--data-dir", args.data_dir, "--max-epochs", str(args.epochs),
-            "--data.limit_train", str(args.limit_train), "--no-early-stopping", "--seed", "0"]
-    print(f"load {open('/proc/loadavg').read().split()[:3]}, threads {args.threads}, {args.trials} trials of "
-          f"{args.epochs} epochs on {args.limit_train} Fashion-MNIST images")
+    print(f"load {open('/proc/loadavg').read().split()[:3]}, threads {args.threads}, {args.trials} trials; "
+          f"cnn: {args.cnn_epochs} epochs on {args.limit_train} Fashion-MNIST images; mlp: {args.mlp_epochs} epochs")
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        space = Path(tmp) / "space.yaml"
-        space.write_text(SPACE)
-        results = {}
-        if "default" in args.parts:
-            seconds = run([*task, "--threads", str(args.threads), "--output-dir", f"{tmp}/default"], args.threads)
-            m = json.loads(Path(f"{tmp}/default/metrics.json").read_text())
-            results["default"] = (m.get("val/acc"), m.get("test/acc"), seconds)
-        for part, extra, threads in (("median", ["--pruner", "median"], args.threads),
-                                     ("none", ["--pruner", "none"], args.threads),
-                                     ("jobs2", ["--pruner", "median", "--jobs", "2"], 1)):
-            if part not in args.parts:
-                continue
-            folder = Path(tmp) / part
-            seconds = run(["tune", *task, "--threads", str(threads), "--space", str(space), "--trials",
-                           str(args.trials), "--output-dir", str(folder), *extra], threads)
-            best = Path(folder / "best.yaml")
-            rerun = json.loads(next(p for p in folder.glob("trial-*/metrics.json")
-                                    if (p.parent / "config.yaml").read_text() == best.read_text()).read_text())
-            with sqlite3.connect(folder / "study.db") as con:
-                states = con.execute("select state, count(*) from trials group by state").fetchall()
-            results[part] = (rerun.get("val/acc"), rerun.get("test/acc"), seconds,
-                             ", ".join(f"{n} {s.lower()}" for s, n in states))
-        for name, row in results.items():
-            print(f"{name:8s} best val/acc {row[0]:.4f}  its test/acc {row[1]:.4f}  wall {row[2]:.0f} s"
-                  + (f"  trials {row[3]}" if len(row) > 3 else ""))
-        if "median" in results and "none" in results:
-            print(f"median pruning / no pruning wall time: {results['median'][2] / results['none'][2]:.2f}")
-        if "median" in results and "jobs2" in results:
-            print(f"2 workers x 1 thread / 1 worker x {args.threads} threads wall time: "
-                  f"{results['jobs2'][2] / results['median'][2]:.2f}")
+        for task in args.tasks:
+            base, (metric, direction, test) = task_args(task, args), METRICS[task]
+            space = Path(tmp) / f"{task}_space.yaml"
+            space.write_text(SPACES[task])
+            if "default" in args.parts:
+                out = Path(tmp) / f"{task}_default"
+                seconds = run([*base, "--threads", str(args.threads), "--output-dir", str(out)], args.threads)
+                m = json.loads((out / "metrics.json").read_text())
+                rows.append({"task": task, "part": "default", "val": m[metric], "test": m.get(test),
+                             "wall_s": round(seconds, 1)})
+            for part, extra, threads in (("median", ["--pruner", "median"], args.threads),
+                                         ("none", ["--pruner", "none"], args.threads),
+                                         ("jobs2", ["--pruner", "median", "--jobs", "2"], 1)):
+                if part in args.parts:
+                    folder = Path(tmp) / f"{task}_{part}"
+                    seconds = run(["tune", *base, "--threads", str(threads), "--space", str(space), "--trials",
+                                   str(args.trials), "--metric", metric, "--direction", direction, "--output-dir",
+                                   str(folder), *extra], threads)
+                    rows.append(study_row(task, part, folder, seconds))
+            for row in (r for r in rows if r["task"] == task):
+                print(f"{task} {row['part']:8s} best {metric} {row['val']:.4f}  its {test} {row['test']:.4f}  "
+                      f"wall {row['wall_s']:.0f} s" + (f"  trials {row['trials']}, {row['epochs_trained']} epochs"
+                                                       if "trials" in row else ""), flush=True)
+            walls = {r["part"]: r["wall_s"] for r in rows if r["task"] == task}
+            if "median" in walls and "none" in walls:
+                print(f"{task}: median pruning / no pruning wall time {walls['median'] / walls['none']:.2f}")
+            if "median" in walls and "jobs2" in walls:
+                print(f"{task}: 2 workers x 1 thread / 1 worker x {args.threads} threads wall time "
+                      f"{walls['jobs2'] / walls['median']:.2f}")
+    out = REPO / "benchmarks" / "results" / "bench_tune.json"
+    fresh = {(r["task"], r["part"]) for r in rows}
+    kept = [r for r in (json.loads(out.read_text()) if out.exists() else []) if (r["task"], r["part"]) not in fresh]
+    out.write_text(json.dumps(kept + [{**r, "threads": args.threads, "trials_asked": args.trials} for r in rows],
+                              indent=2) + "\n")
+    print(f"results: {out}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """train.py tune: a study of ordinary runs on one SQLite storage, resumable, shared by workers, pruned."""
 from __future__ import annotations
 
+import json
 import signal
 import sqlite3
 import subprocess
@@ -90,6 +91,42 @@ def test_pruning_stops_a_trial() -> None:
     callback = PruningCallback(trial, "val/acc", "maximize")
     callback.on_validation_end(trainer, None)
     assert trainer.should_stop and callback.pruned and trial.reported == [(1, 0.25)]
+
+
+def test_a_pruned_trial_is_not_tested_and_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    import optuna
+
+    monkeypatch.setattr(optuna.trial.Trial, "should_prune", lambda self: True)  # the pruner gives up at once
+    study = tmp_path / "study"
+    assert main(["tune", *RUN, "--space", _space(tmp_path), "--trials", "1", "--pruner", "median",
+                 "--output-dir", str(study)]) == 2
+    err = capsys.readouterr().err
+    assert "no trial of study" in err and "(1 pruned)" in err
+    metrics = json.loads(next(study.glob("trial-0000/metrics.json")).read_text())
+    assert metrics["pruned"] is True and metrics["epochs"] < 2 and not any(k.startswith("test/") for k in metrics)
+
+
+def test_trials_log_to_one_wandb_group_named_after_the_study(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import zoo.training
+
+    groups: list[str] = []
+
+    def fake_fit(model: str, data: str, args, cli_args: list[str]) -> int:
+        from zoo.runs import build_logger
+
+        logger = build_logger(args, Path(args.output_dir), model)
+        groups.append(logger._wandb_init["group"])
+        Path(args.output_dir).mkdir(parents=True)
+        (Path(args.output_dir) / "config.yaml").write_text("seed_everything: 0\n")
+        args.extra_callbacks[0].best = 0.5
+        return 0
+
+    monkeypatch.setattr(zoo.training, "fit_and_test", fake_fit)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    args = ["tune", *RUN, "--space", _space(tmp_path), "--trials", "2", "--logger", "wandb"]
+    assert main([*args, "--output-dir", str(tmp_path / "a"), "--study", "lr-sweep"]) == 0
+    assert main([*args, "--output-dir", str(tmp_path / "b"), "--wandb-group", "mine"]) == 0
+    assert groups == ["lr-sweep", "lr-sweep", "mine", "mine"]
 
 
 @pytest.mark.parametrize("space,expected", [

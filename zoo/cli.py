@@ -27,7 +27,7 @@ USAGE = """usage: train.py [fit|predict|export] --model NAME [--data NAME] [--gp
                 [--precision P] [--max-epochs N] [--seed S] [--logger csv|tensorboard|wandb]
                 [--data-dir DIR] [--output-dir DIR] [--runs-dir DIR] [--ckpt-path PATH|last]
                 [--fast-dev-run] [--patience N] [--no-early-stopping] [--threads N] [-c cfg.yaml]
-                [--wandb-project P] [--wandb-name N] [--wandb-tags T ...] [--wandb-log-model]
+                [--wandb-project P] [--wandb-name N] [--wandb-tags T ...] [--wandb-group G] [--wandb-log-model]
                 [--wandb-watch] [--debug-stats [--debug-every N] [--debug-layers PATTERN]]
                 [--model.<hparam> V] [--data.<hparam> V] [--trainer.<arg> V]
        train.py --list
@@ -77,6 +77,7 @@ def zoo_parser() -> argparse.ArgumentParser:
     p.add_argument("--wandb-project")
     p.add_argument("--wandb-name")
     p.add_argument("--wandb-tags", nargs="*")
+    p.add_argument("--wandb-group", help="W&B run group (train.py tune: the study's name unless given)")
     p.add_argument("--wandb-log-model", action="store_true", help="upload checkpoints as W&B artifacts")
     p.add_argument("--wandb-watch", action="store_true", help="log gradient histograms with wandb.watch")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")

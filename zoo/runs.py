@@ -206,12 +206,12 @@ def build_logger(args: Any, run_dir: Path, model_name: str) -> Any:
                                "pip install 'lightning-zoo[tensorboard]'") from exc
     if kind == "wandb":
         return _wandb_logger(run_dir, model_name, args.wandb_project, args.wandb_name, args.wandb_tags,
-                             args.wandb_log_model)
+                             args.wandb_log_model, getattr(args, "wandb_group", None))
     raise ZooUserError(f"unknown logger '{kind}'; choose csv, tensorboard or wandb")
 
 
 def _wandb_logger(run_dir: Path, model_name: str, project: str | None, name: str | None,
-                  tags: list[str] | None, log_model: bool) -> Any:
+                  tags: list[str] | None, log_model: bool, group: str | None = None) -> Any:
     """W&B logger; offline (with the sync command printed) when there is no API key. The key itself
     is never printed or written: it stays in the environment / netrc where wandb reads it."""
     try:
@@ -225,7 +225,7 @@ def _wandb_logger(run_dir: Path, model_name: str, project: str | None, name: str
     has_key = bool(os.environ.get("WANDB_API_KEY")) or (Path.home() / ".netrc").is_file()
     offline = os.environ.get("WANDB_MODE") in ("offline", "disabled") or not has_key
     logger = WandbLogger(project=project or "lightning-zoo", name=name or f"{model_name}-{run_dir.name}",
-                         tags=tags, save_dir=str(run_dir), offline=offline, id=run_id,
+                         tags=tags, group=group, save_dir=str(run_dir), offline=offline, id=run_id,
                          resume="allow" if run_id else None, log_model=log_model and not offline)
     if offline:
         print(f"W&B: no API key or WANDB_MODE=offline, logging offline; upload later with: "

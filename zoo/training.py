@@ -240,7 +240,10 @@ def fit_and_test(model_name: str, data_name: str | None, args: argparse.Namespac
              "train_time_s": round(timer.time_elapsed("train"), 3) if timer else None,
              "best_checkpoint": best or None, "model": entry.name, "data": data_name,
              "seed": cli.config.seed_everything, "global_step": trainer.global_step, **found}
-    if is_overridden("test_step", cli.model):
+    pruned = any(getattr(c, "pruned", False) for c in trainer.callbacks)  # train.py tune gave this trial up
+    if pruned:
+        extra["pruned"] = True
+    elif is_overridden("test_step", cli.model):
         for result in _run_stage(cli, trainer.test, ckpt_path=best or None) or []:
             metrics.update(result)
         if trainer.interrupted:

@@ -226,6 +226,7 @@ def _objective(args: argparse.Namespace, model: str, data: str, extras: list[str
         trial_args = copy.copy(args)
         trial_args.output_dir = str(folder / f"trial-{trial.number:04d}")
         trial_args.ckpt_path = None
+        trial_args.wandb_group = args.wandb_group or trial.study.study_name  # W&B: the study's trials in one group
         pruning = PruningCallback(trial, metric, direction)
         trial_args.extra_callbacks = [pruning]
         code = fit_and_test(model, data, trial_args, [*extras, *suggest(trial, space)])

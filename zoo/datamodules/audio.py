@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from zoo.datamodules.base import InMemoryDataModule
-from zoo.datamodules.images import stratified_split
+from zoo.datamodules.base import stratified_split
 from zoo.errors import ZooUserError
 
 __all__ = ["AudioDataModule", "SoundsDataModule", "AudioFolderDataModule", "FSDDDataModule", "read_audio",

@@ -167,3 +167,13 @@ class InMemoryDataModule(SplitDataModule):
     def _loader(self, split: str, train: bool) -> TensorBatchLoader:
         self.setup()
         return self.make_loader(self.splits[split], train=train, transform=self.batch_transform(train))
+
+
+def stratified_split(y: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded stratified split of indices into (1 - fraction, fraction) parts."""
+    import numpy as np
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(y))
+    a, b = train_test_split(idx, test_size=fraction, random_state=seed, stratify=y.numpy())
+    return torch.from_numpy(np.sort(a)), torch.from_numpy(np.sort(b))

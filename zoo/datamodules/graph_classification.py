@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from zoo.datamodules.graphs import _GraphBase, copy_raw, degree_one_hot
-from zoo.datamodules.images import stratified_split
+from zoo.datamodules.base import stratified_split
 from zoo.errors import ZooUserError
 
 __all__ = ["GraphClassificationDataModule", "TUDataModule", "SyntheticGraphsDataModule", "generate_graph"]

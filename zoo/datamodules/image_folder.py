@@ -30,7 +30,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from zoo.datamodules.base import SplitDataModule
-from zoo.datamodules.images import Augment, DigitsDataModule, stratified_split
+from zoo.datamodules.base import stratified_split
+from zoo.datamodules.images import Augment, DigitsDataModule
 from zoo.errors import ZooUserError
 
 __all__ = ["ImageFolderDataModule", "DigitsRGBDataModule", "image_transforms"]

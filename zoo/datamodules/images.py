@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from zoo.datamodules.base import InMemoryDataModule
+from zoo.datamodules.base import InMemoryDataModule, stratified_split
 from zoo.datamodules.semi_supervised import combined_train_loader, labelled_split, strong_augment
 from zoo.errors import ZooUserError
 
@@ -236,15 +236,6 @@ def npy_images(src: Path) -> torch.Tensor:
         raise ZooUserError(f"'{src}' has dtype {arr.dtype}; predict takes uint8 (0-255) or float (0-1) images")
     arr = arr[..., None] if arr.ndim == 3 else arr
     return torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2)
-
-
-def stratified_split(y: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Seeded stratified split of indices into (1 - fraction, fraction) parts."""
-    from sklearn.model_selection import train_test_split
-
-    idx = np.arange(len(y))
-    a, b = train_test_split(idx, test_size=fraction, random_state=seed, stratify=y.numpy())
-    return torch.from_numpy(np.sort(a)), torch.from_numpy(np.sort(b))
 
 
 class DigitsDataModule(ImageDataModule):

@@ -183,7 +183,7 @@ class TextDataModule(SplitDataModule):
             raise ZooUserError(f"'{table.source}' has only {n} rows; add data or give a val file")
         counts = {y: table.labels.count(y) for y in set(map(str, table.labels))} if not self._multi else {}
         if counts and min(counts.values()) >= 2 and n_val >= len(counts):
-            from zoo.datamodules.images import stratified_split
+            from zoo.datamodules.base import stratified_split
 
             ids = torch.tensor([sorted(counts).index(str(y)) for y in table.labels])
             train_idx, val_idx = stratified_split(ids, n_val / n, self.seed)

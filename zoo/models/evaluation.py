@@ -74,6 +74,7 @@ def _plt():
 
 
 def _plot_roc(curves: Sequence[tuple[torch.Tensor, torch.Tensor]], aucs: Sequence[float], names: Sequence[str]) -> Any:
+    """Ours, not torchmetrics' ``ROC.plot``: that legend numbers the classes; this one names them, each with its AUC."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 5), dpi=100)
     for (fpr, tpr), auc, name in zip(curves, aucs, names):
@@ -87,6 +88,7 @@ def _plot_roc(curves: Sequence[tuple[torch.Tensor, torch.Tensor]], aucs: Sequenc
 
 
 def _plot_precision_recall(precision: torch.Tensor, recall: torch.Tensor, names: Sequence[str]) -> Any:
+    """Per-class precision and recall at the decision threshold as bars (torchmetrics plots curves, not this)."""
     plt = _plt()
     n = len(names)
     fig, ax = plt.subplots(figsize=(1.5 + 0.6 * n, 4), dpi=100)

@@ -88,7 +88,9 @@ class GNNEncoder(nn.Module):
     """``num_layers`` convs with dropout on every layer's input, activation / norm / residual between layers.
 
     The last layer outputs ``out_channels`` (class logits for node classification, embeddings
-    otherwise) and has no activation when ``last_act`` is False.
+    otherwise) and has no activation when ``last_act`` is False. Ours, not PyG's ``BasicGNN``: that drops out
+    only hidden activations, never the input features (Kipf & Welling's and Veličković et al.'s Cora recipes drop
+    both), and gives GAT's output layer the hidden layers' head count (GAT averages its own ``out_heads``).
     """
 
     def __init__(self, conv: str, in_channels: int, hidden_channels: int, out_channels: int, num_layers: int,

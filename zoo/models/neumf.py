@@ -24,7 +24,7 @@ from torchmetrics import retrieval
 from zoo.datamodules.interfaces import InteractionData
 from zoo.errors import ZooUserError
 from zoo.models.base import OptimizerName, SchedulerName, ZooModule
-from zoo.models.mf import RecommenderMixin
+from zoo.models.recommender import RecommenderMixin
 
 __all__ = ["NeuMF", "ranking_metrics", "update_ranking"]
 
