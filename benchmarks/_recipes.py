@@ -10,6 +10,7 @@ train the same configuration. Import it from a script in this folder as ``from _
 """
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -38,3 +39,13 @@ def load_recipe(path: str | Path, model: str | None = None) -> dict[str, Any]:
         cfg[key] = dict(cfg.get(key) or {})
     cfg.setdefault("seed_everything", 42)
     return cfg
+
+
+def max_time_seconds(value: str | dict[str, float] | None) -> float | None:
+    """A Trainer ``max_time`` as written in a recipe (``"DD:HH:MM:SS"`` or ``{"minutes": 10}``) in seconds."""
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        return timedelta(**value).total_seconds()
+    days, hours, minutes, seconds = (float(part) for part in str(value).split(":"))
+    return timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds).total_seconds()

@@ -8,7 +8,13 @@ Throughput blocks: ``zoo`` (Lightning Trainer, random batches, dynamic padding),
 HF loop: tokenizer(padding=True) per random batch, AdamW, clipping) and ``zoo_bucket`` (the zoo default with
 length-bucketed batches). Same model, batch size, max length, optimiser and sentences in all three.
 The accuracy run sizes its training set from the measured ``zoo_bucket`` throughput so that one epoch
-fits in the budget (``--train-sentences`` overrides), and ``max_time`` caps it anyway.
+fits in the budget (``--train-sentences`` overrides; with ``--skip-throughput`` the recipe's ``data.limit_train``),
+and ``max_time`` caps it anyway.
+
+Both parts read ``recipes/bert_sst2.yaml`` (the README row; ``python train.py -c recipes/bert_sst2.yaml`` trains
+it): backbone, batch size, max length, optimiser and schedule, seed, validation batches and the budget (its
+``trainer.max_time``). ``--batch-size``, ``--max-length``, ``--lr``, ``--val-batches``, ``--seed`` and
+``--budget-s`` override the recipe's.
 """
 from __future__ import annotations
 
@@ -19,6 +25,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -28,6 +35,12 @@ sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
 from zoo.datamodules.text import SST2DataModule  # noqa: E402
 from zoo.models.bert import BertClassifier  # noqa: E402
+
+from _recipes import load_recipe, max_time_seconds, recipe_path  # noqa: E402
+
+RECIPE = recipe_path("bert_sst2")
+TRAINER_FIXED = ("accelerator", "devices", "logger", "enable_checkpointing", "enable_progress_bar",
+                 "enable_model_summary", "callbacks")
 
 
 class StepTimer(L.Callback):
@@ -46,12 +59,15 @@ class StepTimer(L.Callback):
 
 
 def make_dm(args, **kw) -> SST2DataModule:
-    return SST2DataModule(args.data_dir, backbone="minilm", max_length=args.max_length, batch_size=args.batch_size,
-                          seed=args.seed, **kw)
+    """The recipe's DataModule with the command line's batch size, max length and seed; ``kw`` wins."""
+    data = {**args.cfg["data"], "max_length": args.max_length, "batch_size": args.batch_size, "seed": args.seed}
+    return SST2DataModule(args.data_dir, backbone=args.cfg["model"].get("backbone", "auto"), **{**data, **kw})
 
 
-def make_model(dm: SST2DataModule, **kw) -> BertClassifier:
-    return BertClassifier(**{f: getattr(dm, f) for f in dm.link_fields}, **kw)
+def make_model(dm: SST2DataModule, args, **kw) -> BertClassifier:
+    """The recipe's model (shapes and backbone linked from ``dm``) at the command line's lr; ``kw`` wins."""
+    hp = {k: v for k, v in args.cfg["model"].items() if k not in dm.link_fields}
+    return BertClassifier(**{f: getattr(dm, f) for f in dm.link_fields}, **{**hp, "lr": args.lr, **kw})
 
 
 def trainer(**kw) -> L.Trainer:
@@ -65,7 +81,7 @@ def zoo_block(model: BertClassifier, dm: SST2DataModule, steps: int) -> float:
     return timer.sentences / (timer.end - timer.start)
 
 
-def plain_block(net, tok, opt, texts, labels, steps: int, args, rng: random.Random) -> float:
+def plain_block(net, tok, opt, texts, labels, steps: int, args, rng: random.Random, clip: float) -> float:
     net.train()
     order = rng.sample(range(len(texts)), steps * args.batch_size)
     start, seen = time.perf_counter(), 0
@@ -75,7 +91,7 @@ def plain_block(net, tok, opt, texts, labels, steps: int, args, rng: random.Rand
                   return_tensors="pt")
         loss = net(**enc, labels=torch.tensor([labels[j] for j in idx])).loss
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(net.parameters(), clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
         seen += len(idx)
@@ -85,9 +101,8 @@ def plain_block(net, tok, opt, texts, labels, steps: int, args, rng: random.Rand
 def throughput(args) -> float:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    dm_plain, dm_bucket = make_dm(args, bucket=False), make_dm(args, bucket=True)
-    for dm in (dm_plain, dm_bucket):
-        dm.limit_train = args.steps * args.batch_size * (args.rounds + 1)
+    limit = args.steps * args.batch_size * (args.rounds + 1)
+    dm_plain, dm_bucket = make_dm(args, bucket=False, limit_train=limit), make_dm(args, bucket=True, limit_train=limit)
     t0 = time.perf_counter()
     dm_plain.setup("fit")
     print(f"zoo tokenisation of {len(dm_plain.splits['train'][0]) + len(dm_plain.splits['val'][0])} train+val "
@@ -96,19 +111,23 @@ def throughput(args) -> float:
     dm_bucket.setup("fit")
     table = dm_plain._prepare()[0]["train"]
     texts, labels = table.texts, [dm_plain.class_names.index(y) for y in table.labels]
-    zoo_model = make_model(dm_plain, lr=args.lr, scheduler="constant", warmup_ratio=0.0)
-    bucket_model = make_model(dm_bucket, lr=args.lr, scheduler="constant", warmup_ratio=0.0)
+    zoo_model = make_model(dm_plain, args, scheduler="constant", warmup_ratio=0.0)
+    bucket_model = make_model(dm_bucket, args, scheduler="constant", warmup_ratio=0.0)
     tok = AutoTokenizer.from_pretrained(dm_plain.backbone)
     net = AutoModelForSequenceClassification.from_pretrained(dm_plain.backbone, num_labels=2)
-    opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=0.01)
+    hp = zoo_model.hparams
+    if hp.optimizer != "adamw":
+        raise SystemExit(f"the plain loop implements AdamW only, the recipe asks for {hp.optimizer}")
+    opt = torch.optim.AdamW(net.parameters(), lr=zoo_model.lr, weight_decay=hp.weight_decay)
+    plain = (net, tok, opt, texts, labels)
     rng = random.Random(args.seed)
-    plain_block(net, tok, opt, texts, labels, 3, args, rng)  # warm-up (allocator, lazy init)
+    plain_block(*plain, 3, args, rng, hp.gradient_clip_val)  # warm-up (allocator, lazy init)
     zoo_block(zoo_model, dm_plain, 3)
     zoo_block(bucket_model, dm_bucket, 3)
     rates: dict[str, list[float]] = {"zoo": [], "plain": [], "zoo_bucket": []}
     for r in range(args.rounds):
         rates["zoo"].append(zoo_block(zoo_model, dm_plain, args.steps))
-        rates["plain"].append(plain_block(net, tok, opt, texts, labels, args.steps, args, rng))
+        rates["plain"].append(plain_block(*plain, args.steps, args, rng, hp.gradient_clip_val))
         rates["zoo_bucket"].append(zoo_block(bucket_model, dm_bucket, args.steps))
         print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f} sent/s" for k, v in rates.items()), flush=True)
     med = {k: statistics.median(v) for k, v in rates.items()}
@@ -121,19 +140,23 @@ def throughput(args) -> float:
 
 
 def accuracy(args, rate: float | None) -> None:
-    n = args.train_sentences or int(rate * args.budget_s * 0.85)
-    dm = make_dm(args, bucket=True, limit_train=n)
-    model = make_model(dm, lr=args.lr, warmup_ratio=0.06, scheduler="linear")
+    n = args.train_sentences or (int(rate * args.budget_s * 0.85) if rate is not None
+                                 else args.cfg["data"].get("limit_train"))
+    dm = make_dm(args, limit_train=n)
+    model = make_model(dm, args)
+    hp = model.hparams
     timer = StepTimer()
-    t = trainer(max_epochs=1, max_time={"seconds": args.budget_s}, limit_val_batches=args.val_batches,
+    recipe_trainer: dict[str, Any] = {k: v for k, v in args.cfg["trainer"].items() if k not in TRAINER_FIXED}
+    t = trainer(**{**recipe_trainer, "max_time": {"seconds": args.budget_s}, "limit_val_batches": args.val_batches},
                 callbacks=[timer])
     start = time.perf_counter()
     t.fit(model, datamodule=dm)
     fit_s = time.perf_counter() - start
     val = float(t.callback_metrics.get("val/acc", float("nan")))
     res = t.test(model, datamodule=dm, verbose=False)[0]
-    print(f"accuracy run: {timer.sentences} training sentences (of {n} asked), 1 epoch, batch {args.batch_size}, "
-          f"max_length {args.max_length}, lr {args.lr} warmup 6% + linear decay, bucketed")
+    print(f"accuracy run: {timer.sentences} training sentences (of {n or 'all'} asked), {t.max_epochs} epoch(s), "
+          f"batch {args.batch_size}, max_length {args.max_length}, lr {args.lr} warmup {hp.warmup_ratio:.0%} + "
+          f"{hp.scheduler} schedule, {'bucketed' if dm.bucket else 'random batches'}")
     print(f"training time {timer.end - timer.start:.1f} s (fit incl. setup+val {fit_s:.1f} s), "
           f"{timer.sentences / (timer.end - timer.start):.1f} sent/s; val acc {val:.4f}")
     print(f"SST-2 dev (872): acc {res['test/acc']:.4f}  macro-F1 {res['test/f1']:.4f}  MCC {res['test/mcc']:.4f}")
@@ -142,27 +165,34 @@ def accuracy(args, rate: float | None) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
-    p.add_argument("--budget-s", type=float, default=900.0, help="training time budget of the accuracy run")
+    p.add_argument("--recipe", type=Path, default=RECIPE, help="the configuration both parts train")
+    p.add_argument("--budget-s", type=float, default=None,
+                   help="training time budget of the accuracy run (default: the recipe's max_time, 900 s)")
     p.add_argument("--train-sentences", type=int, default=None,
-                   help="fixed training-set size (default: from throughput)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-length", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-4)
+                   help="fixed training-set size (default: from throughput; without it the recipe's limit_train)")
+    p.add_argument("--batch-size", type=int, default=None, help="default: the recipe's data.batch_size, 32")
+    p.add_argument("--max-length", type=int, default=None, help="default: the recipe's data.max_length, 64")
+    p.add_argument("--lr", type=float, default=None, help="default: the recipe's model.lr, 1e-4")
     p.add_argument("--steps", type=int, default=30, help="training steps per throughput block")
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--val-batches", type=int, default=20)
+    p.add_argument("--val-batches", type=int, default=None, help="default: the recipe's trainer.limit_val_batches")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--seed", type=int, default=None, help="default: the recipe's seed_everything, 42")
     p.add_argument("--skip-accuracy", action="store_true")
     p.add_argument("--skip-throughput", action="store_true")
     args = p.parse_args()
+    args.cfg = cfg = load_recipe(args.recipe, model="bert")
+    recipe = {"batch_size": cfg["data"].get("batch_size", 32), "max_length": cfg["data"].get("max_length", 64),
+              "lr": cfg["model"].get("lr"), "val_batches": cfg["trainer"].get("limit_val_batches"),
+              "seed": cfg["seed_everything"], "budget_s": max_time_seconds(cfg["trainer"].get("max_time")) or 900.0}
+    for key, value in recipe.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", ".*(does not have many workers|eval mode|max_time).*")
     L.seed_everything(args.seed, verbose=False)
     rate = None if args.skip_throughput else throughput(args)
     if not args.skip_accuracy:
-        if rate is None and args.train_sentences is None:
-            p.error("--skip-throughput needs --train-sentences")
         accuracy(args, rate)
 
 

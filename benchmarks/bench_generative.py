@@ -10,7 +10,8 @@ Part ``ring`` reads ``recipes/gan2d_ring2d.yaml`` (``--ring-recipe``; the README
 ``python train.py -c recipes/gan2d_ring2d.yaml``): model, data and trainer options, and the first seed; every
 seed also seeds the data. ``--ring-epochs`` overrides the recipe's ``trainer.max_epochs`` (and the plot interval).
 Part ``ae`` reads ``recipes/autoencoder_mnist.yaml`` (``--ae-recipe``) the same way; ``--ae-epochs`` and
-``--anomaly-digit`` override it.
+``--anomaly-digit`` override it. Part ``gan`` reads ``recipes/gan_mnist.yaml`` (``--gan-recipe``): model, data,
+trainer options and seed; ``--gan-minutes`` overrides its ``trainer.max_time`` (10 minutes).
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ from zoo.datamodules.points import Ring2DDataModule  # noqa: E402
 from zoo.models.autoencoder import Autoencoder  # noqa: E402
 from zoo.models.gan import GAN, PointGAN  # noqa: E402
 
-from _recipes import load_recipe, recipe_path  # noqa: E402
+from _recipes import load_recipe, max_time_seconds, recipe_path  # noqa: E402
 
 FIT_TEST_FIXED = ("accelerator", "devices", "logger", "enable_checkpointing", "enable_progress_bar",
                   "enable_model_summary", "default_root_dir", "num_sanity_val_steps")
@@ -82,12 +83,16 @@ def bench_ring(args: argparse.Namespace, tmp: Path) -> dict:
 
 
 def bench_gan(args: argparse.Namespace, tmp: Path) -> dict:
-    L.seed_everything(0, verbose=False)
-    dm = MNISTDataModule(data_dir=args.data_dir, batch_size=128, augment="none")
-    model = GAN(num_classes=10, in_channels=1, image_size=28, latent_dim=64, g_width=32, d_width=32, lr=2e-4,
-                classifier_epochs=1, sample_every=1)
-    out, fit_s = fit_test(model, dm, tmp / "gan", max_time={"minutes": args.gan_minutes}, max_epochs=100,
-                          limit_val_batches=0)
+    cfg = load_recipe(args.gan_recipe, model="gan")
+    trainer_kw = {k: v for k, v in cfg["trainer"].items() if k not in FIT_TEST_FIXED}
+    if args.gan_minutes is not None:
+        trainer_kw["max_time"] = {"minutes": args.gan_minutes}
+    L.seed_everything(cfg["seed_everything"], verbose=False)
+    dm = MNISTDataModule(data_dir=args.data_dir, **cfg["data"])
+    model = GAN(num_classes=dm.num_classes, in_channels=dm.in_channels, image_size=dm.image_size, **cfg["model"])
+    budget = max_time_seconds(trainer_kw.get("max_time"))
+    print(f"dcgan mnist: training budget {'none' if budget is None else f'{budget / 60:.1f} min'}", flush=True)
+    out, fit_s = fit_test(model, dm, tmp / "gan", **trainer_kw)
     keep(tmp / "gan", "samples", args.results / "dcgan_mnist_samples.png")
     keep(tmp / "gan", "interpolation", args.results / "dcgan_mnist_interpolation.png")
     print(f"dcgan mnist: fit {fit_s:.0f}s; FID(classifier) real-vs-gen {out['test/fid_classifier']:.3f}, "
@@ -126,7 +131,9 @@ def main() -> None:
     p.add_argument("--ring-recipe", type=Path, default=recipe_path("gan2d_ring2d"), help="the ring part's recipe")
     p.add_argument("--ring-epochs", type=int, default=None,
                    help="epochs of 128 batches (65,536 points / 512); default: the recipe's, 100")
-    p.add_argument("--gan-minutes", type=float, default=10.0, help="DCGAN training budget (wall-clock minutes)")
+    p.add_argument("--gan-recipe", type=Path, default=recipe_path("gan_mnist"), help="the gan part's recipe")
+    p.add_argument("--gan-minutes", type=float, default=None,
+                   help="DCGAN training budget in wall-clock minutes (default: the recipe's max_time, 10)")
     p.add_argument("--ae-recipe", type=Path, default=recipe_path("autoencoder_mnist"), help="the ae part's recipe")
     p.add_argument("--ae-epochs", type=int, default=None, help="default: the recipe's, 3")
     p.add_argument("--anomaly-digit", type=int, default=None, help="default: the recipe's anomaly_classes, 9")

@@ -7,7 +7,8 @@ epochs reached and training seconds of each, with ``/proc/loadavg``; the ViT's a
 copied to ``benchmarks/results/vit_<data>_attention.png``. Each (model, data) pair is one run, so one
 command can do one pair (``--datasets fashion_mnist --models vit``) and stay short.
 
-    python benchmarks/bench_vit.py --data-dir ../shared/data --threads 1 --budget-min 22
+    python benchmarks/bench_vit.py --data-dir ../shared/data --threads 1 --budget-min 55 --datasets fashion_mnist
+    python benchmarks/bench_vit.py --data-dir ../shared/data --threads 1 --budget-min 22 --epochs 10 --datasets mnist
 """
 from __future__ import annotations
 
@@ -35,7 +36,8 @@ def run(model: str, data: str, args: argparse.Namespace) -> dict[str, float]:
     common = ["--data", data, "--data-dir", args.data_dir, "--threads", str(args.threads), "--seed", str(args.seed),
               "--trainer.max_time", budget, "--trainer.enable_progress_bar", "false",
               "--trainer.enable_model_summary", "false"]
-    specific = ["-c", str(args.recipe)] if model == "vit" else ["--model", "cnn", "--max-epochs", str(args.cnn_epochs)]
+    vit = ["-c", str(args.recipe)] + (["--max-epochs", str(args.epochs)] if args.epochs else [])
+    specific = vit if model == "vit" else ["--model", "cnn", "--max-epochs", str(args.cnn_epochs)]
     with tempfile.TemporaryDirectory() as runs:
         assert zoo_main([*specific, *common, "--runs-dir", runs]) == 0, f"train.py failed for {model} on {data}"
         folder = next(Path(runs).glob(f"{model}/*/metrics.json")).parent
@@ -53,7 +55,8 @@ def main() -> None:
     parser.add_argument("--recipe", type=Path, default=RECIPE)
     parser.add_argument("--datasets", nargs="+", default=["fashion_mnist", "mnist"], choices=sorted(TARGETS))
     parser.add_argument("--models", nargs="+", default=["vit", "cnn"], choices=["vit", "cnn"])
-    parser.add_argument("--budget-min", type=int, default=22, help="training minutes per (model, data) run")
+    parser.add_argument("--budget-min", type=int, default=55, help="training minutes per (model, data) run")
+    parser.add_argument("--epochs", type=int, default=None, help="ViT epochs instead of the recipe's (size the budget)")
     parser.add_argument("--cnn-epochs", type=int, default=8, help="CNN epochs (sized to the budget; max_time caps it)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--threads", type=int, default=1)
