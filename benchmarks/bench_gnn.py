@@ -14,6 +14,9 @@ Raw files are read from ``--data-dir`` (never written); PyG processes a copy in 
 Usage:
     nice python benchmarks/bench_gnn.py --data-dir ../shared/data --seeds 10 --models gcn gat
     nice python benchmarks/bench_gnn.py --models none --link-seeds 3
+
+Link prediction (GAE on ``<name>_link``) reads ``recipes/gnn_gae_cora_link.yaml`` (``--link-recipe``): the model
+and data options, the epoch budget and the first seed.
 """
 from __future__ import annotations
 
@@ -141,8 +144,9 @@ def main() -> None:
                    help="epoch budget (default: the recipe's trainer.max_epochs, GCN 200, GAT 1000)")
     p.add_argument("--gcn-recipe", type=Path, default=RECIPES["gcn"], help="recipe of --models gcn")
     p.add_argument("--gat-recipe", type=Path, default=RECIPES["gat"], help="recipe of --models gat")
+    p.add_argument("--link-recipe", type=Path, default=recipe_path("gnn_gae_cora_link"), help="the link part's recipe")
     p.add_argument("--link-seeds", type=int, default=3)
-    p.add_argument("--link-epochs", type=int, default=400)
+    p.add_argument("--link-epochs", type=int, default=None, help="default: the link recipe's max_epochs, 400")
     p.add_argument("--datasets", nargs="+", default=["cora", "citeseer", "pubmed"])
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on 2 shared cores)")
     args = p.parse_args()
@@ -190,17 +194,21 @@ def main() -> None:
                   f"time per seed zoo {zt:.1f} s, "
                   f"plain {pt:.1f} s, ratio {zt / pt:.2f}x", flush=True)
         if args.link_seeds > 0:
-            link = create_datamodule(f"{name}_link", data_dir=args.data_dir, cache_dir=cache)
+            cfg = load_recipe(args.link_recipe, model="gnn")  # its data options apply to every --datasets graph
+            link = create_datamodule(f"{name}_link", data_dir=args.data_dir, cache_dir=cache, **cfg["data"])
+            epochs = args.link_epochs or cfg["trainer"].get("max_epochs", 400)
             aucs, aps, times = [], [], []
-            for seed in range(args.link_seeds):
-                res, secs = zoo_run(link, seed, args.link_epochs, tmp / f"{name}_link")
+            first = cfg["seed_everything"]
+            for seed in range(first, first + args.link_seeds):
+                res, secs = zoo_run(link, seed, epochs, tmp / f"{name}_link",
+                                    cfg["trainer"].get("log_every_n_steps", 1), **cfg["model"])
                 aucs.append(res["test/auc"])
                 aps.append(res["test/ap"])
                 times.append(secs)
                 print(f"  {name}_link seed {seed}: test AUC {res['test/auc']:.3f} AP {res['test/ap']:.3f} "
                       f"({secs:.1f} s)", flush=True)
             print(f"RESULT {name}_link gcn (GAE): test AUC {fmt(aucs)} %, AP {fmt(aps)} % ({len(aucs)} seeds, "
-                  f"{args.link_epochs} epochs, {statistics.mean(times):.1f} s per seed)", flush=True)
+                  f"{epochs} epochs, {statistics.mean(times):.1f} s per seed)", flush=True)
 
 
 if __name__ == "__main__":

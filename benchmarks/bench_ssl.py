@@ -120,7 +120,8 @@ def main() -> None:
             annotate(ssl, ref)
             rows.append(("fashion_mnist", method, seed, ssl))
     summary(rows)
-    out = REPO / "benchmarks" / "results" / f"bench_ssl{'_smoke' if args.smoke else ''}.json"
+    # a smoke run's figures mean nothing: they stay beside its runs, out of benchmarks/results
+    out = args.runs_dir / "bench_ssl_smoke.json" if args.smoke else REPO / "benchmarks" / "results" / "bench_ssl.json"
     new = [{"data": d, "method": m, "seed": s, "test_acc": r["test/acc"], "epochs": r["epochs"],
             "steps": r["global_step"], "train_time_s": r["train_time_s"], "run": r["_path"]} for d, m, s, r in rows]
     out.write_text(json.dumps(merge_rows(out, new), indent=2) + "\n")

@@ -1,0 +1,48 @@
+"""The recipes behind the README's results rows: each one parses through train.py's own parser with every value it
+sets, and every recipe the README names exists."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from zoo.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
+
+
+def _printed_config(capsys: pytest.CaptureFixture[str], recipe: Path) -> dict:
+    """``train.py -c recipe --print_config``: the configuration train.py would run, as a dict."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["-c", str(recipe), "--print_config"])
+    out, err = capsys.readouterr()
+    assert exit_info.value.code in (0, None), err
+    return yaml.safe_load(out)
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
+def test_every_recipe_parses_with_all_its_values(recipe: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    wanted = yaml.safe_load(recipe.read_text())
+    got = _printed_config(capsys, recipe)
+    assert got["zoo"]["model"] == wanted["zoo"]["model"]
+    assert got["seed_everything"] == wanted.get("seed_everything", 42)
+    for section in ("model", "data", "trainer"):
+        for key, value in (wanted.get(section) or {}).items():
+            assert got[section][key] == value, f"{recipe.name}: {section}.{key}"
+
+
+def test_a_misspelt_recipe_key_is_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((REPO / "recipes" / "mf_ml100k.yaml").read_text().replace("  lr:", "  lrx:"))
+    assert main(["-c", str(bad), "--print_config"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "'lrx'" in err
+
+
+def test_every_recipe_the_readme_names_exists() -> None:
+    named = set(re.findall(r"recipes/([\w-]+)\.yaml", (REPO / "README.md").read_text()))
+    assert named, "the README names no recipe"
+    assert sorted(named - {p.stem for p in RECIPES}) == []
