@@ -206,9 +206,11 @@ def run_tune(args: argparse.Namespace, model: str, data: str, extras: list[str],
     start = time.perf_counter()
     objective = _objective(args, entry.name, data, extras, space, metric, direction, folder)
     done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    # a worker stops when the finished trials plus those other workers are running make --trials, so K workers
+    # do not each start one more (a killed worker's trial is failed, and re-run, when the study resumes)
+    enough = optuna.study.MaxTrialsCallback(args.trials, states=(*done, optuna.trial.TrialState.RUNNING))
     if len(study.get_trials(deepcopy=False, states=done)) < args.trials:
-        study.optimize(objective, timeout=args.timeout,
-                       callbacks=[optuna.study.MaxTrialsCallback(args.trials, states=done)], catch=(ZooUserError,))
+        study.optimize(objective, timeout=args.timeout, callbacks=[enough], catch=(ZooUserError,))
     for worker in workers:
         worker.wait()
     if args.worker:
