@@ -38,7 +38,7 @@ def error_line(capsys: pytest.CaptureFixture, code: int) -> str:
 
 def test_list_and_help_without_torch_import() -> None:
     out = subprocess.run([sys.executable, "train.py", "--list"], cwd=REPO, capture_output=True, text=True, check=True)
-    assert "cnn" in out.stdout and "digits" in out.stdout
+    assert "cnn" in out.stdout and "digits" in out.stdout and "lstm.py + timeseries.py" in out.stdout
     code = "import sys, zoo.cli; zoo.cli.main(['--list']); assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, capture_output=True)
     out = subprocess.run([sys.executable, "train.py", "--help"], cwd=REPO, capture_output=True, text=True, check=True)

@@ -127,3 +127,12 @@ def test_a_datamodule_without_the_interface_is_refused_in_one_line(tmp_path: Pat
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "PointMixtureData: no" in err[0] and "use --data ring2d" in err[0], err
+
+
+def test_the_readme_model_table_names_the_files_the_registry_pairs() -> None:
+    from zoo.catalog import paired_files
+
+    table = (REPO / "README.md").read_text().split("| model | aliases | default data | files")[1].split("\n\n")[0]
+    for entry in scan_models():
+        model_file, data_file = paired_files(entry).split(" + ")
+        assert f"`{model_file}` + `{data_file}`" in table, entry["name"]

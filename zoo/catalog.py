@@ -62,12 +62,22 @@ def scan_datamodules() -> list[dict[str, Any]]:
     return [_describe(DATAMODULES[name]) for name in sorted(DATAMODULES)]
 
 
+def paired_files(entry: dict[str, Any]) -> str:
+    """Where a model and its default DataModule live: ``models/<file>.py + datamodules/<file>.py``, the pairing
+    the registry declares (data files are named by data family: one of them serves several models)."""
+    data = DATAMODULES.get(entry.get("datamodule", ""))
+    model_file = entry["module"].rsplit(".", 1)[-1]
+    return f"{model_file}.py + {data.module.rsplit('.', 1)[-1]}.py" if data else f"{model_file}.py"
+
+
 def format_listing(entries: list[dict[str, Any]]) -> str:
-    """A table of models with aliases, default data and a one-line summary."""
-    rows = [("model", "aliases", "default data", "summary")]
-    rows += [(e["name"], ",".join(e["aliases"]) or "-", e.get("datamodule", "-"), e["summary"]) for e in entries]
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    table = "\n".join(f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}" for r in rows)
+    """A table of models with aliases, default data, the model and data files and a one-line summary."""
+    rows = [("model", "aliases", "default data", "files (models/ + datamodules/)", "summary")]
+    rows += [(e["name"], ",".join(e["aliases"]) or "-", e.get("datamodule", "-"), paired_files(e), e["summary"])
+             for e in entries]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    table = "\n".join("  ".join(f"{cell:<{width}}" for cell, width in zip(r[:4], widths)) + f"  {r[4]}"
+                       for r in rows)
     return table + "\n\ndata (--data NAME): " + ", ".join(sorted(DATAMODULES))
 
 
