@@ -19,6 +19,9 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "recipes"
 SECTIONS = ("model", "data", "trainer")
+# Trainer arguments a benchmark's own Trainer always sets itself (CPU, quiet, its callbacks and folder)
+BENCH_TRAINER = ("accelerator", "devices", "logger", "enable_checkpointing", "enable_progress_bar",
+                 "enable_model_summary", "callbacks", "default_root_dir")
 
 
 def recipe_path(name: str) -> Path:
@@ -39,6 +42,12 @@ def load_recipe(path: str | Path, model: str | None = None) -> dict[str, Any]:
         cfg[key] = dict(cfg.get(key) or {})
     cfg.setdefault("seed_everything", 42)
     return cfg
+
+
+def trainer_settings(cfg: dict[str, Any], *also_fixed: str) -> dict[str, Any]:
+    """The recipe's trainer section without what the benchmark's Trainer sets itself (``BENCH_TRAINER`` and
+    ``also_fixed``): the budget, validation and logging settings that make the row."""
+    return {k: v for k, v in cfg["trainer"].items() if k not in (*BENCH_TRAINER, *also_fixed)}
 
 
 def max_time_seconds(value: str | dict[str, float] | None) -> float | None:

@@ -25,7 +25,6 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 import torch
@@ -36,11 +35,9 @@ sys.path.insert(0, str(REPO))  # run from a checkout without installing
 from zoo.datamodules.text import SST2DataModule  # noqa: E402
 from zoo.models.bert import BertClassifier  # noqa: E402
 
-from _recipes import load_recipe, max_time_seconds, recipe_path  # noqa: E402
+from _recipes import load_recipe, max_time_seconds, recipe_path, trainer_settings  # noqa: E402
 
 RECIPE = recipe_path("bert_sst2")
-TRAINER_FIXED = ("accelerator", "devices", "logger", "enable_checkpointing", "enable_progress_bar",
-                 "enable_model_summary", "callbacks")
 
 
 class StepTimer(L.Callback):
@@ -146,9 +143,8 @@ def accuracy(args, rate: float | None) -> None:
     model = make_model(dm, args)
     hp = model.hparams
     timer = StepTimer()
-    recipe_trainer: dict[str, Any] = {k: v for k, v in args.cfg["trainer"].items() if k not in TRAINER_FIXED}
-    t = trainer(**{**recipe_trainer, "max_time": {"seconds": args.budget_s}, "limit_val_batches": args.val_batches},
-                callbacks=[timer])
+    t = trainer(**{**trainer_settings(args.cfg), "max_time": {"seconds": args.budget_s},
+                   "limit_val_batches": args.val_batches}, callbacks=[timer])
     start = time.perf_counter()
     t.fit(model, datamodule=dm)
     fit_s = time.perf_counter() - start

@@ -35,11 +35,7 @@ from zoo.datamodules.points import Ring2DDataModule  # noqa: E402
 from zoo.models.autoencoder import Autoencoder  # noqa: E402
 from zoo.models.gan import GAN, PointGAN  # noqa: E402
 
-from _recipes import load_recipe, max_time_seconds, recipe_path  # noqa: E402
-
-FIT_TEST_FIXED = ("accelerator", "devices", "logger", "enable_checkpointing", "enable_progress_bar",
-                  "enable_model_summary", "default_root_dir", "num_sanity_val_steps")
-
+from _recipes import load_recipe, max_time_seconds, recipe_path, trainer_settings  # noqa: E402
 
 def fit_test(model: L.LightningModule, dm: L.LightningDataModule, root: Path, **trainer_kw) -> tuple[dict, float]:
     """Fit then test on CPU in ``root``; returns (test metrics, fit seconds)."""
@@ -63,7 +59,7 @@ def keep(root: Path, prefix: str, dest: Path) -> None:
 def bench_ring(args: argparse.Namespace, tmp: Path) -> dict:
     cfg = load_recipe(args.ring_recipe, model="gan2d")
     model_kw = dict(cfg["model"])
-    trainer_kw = {k: v for k, v in cfg["trainer"].items() if k not in FIT_TEST_FIXED}
+    trainer_kw = trainer_settings(cfg, "num_sanity_val_steps")
     if args.ring_epochs is not None:
         trainer_kw["max_epochs"] = model_kw["sample_every"] = args.ring_epochs
     rows, first = [], cfg["seed_everything"]
@@ -84,7 +80,7 @@ def bench_ring(args: argparse.Namespace, tmp: Path) -> dict:
 
 def bench_gan(args: argparse.Namespace, tmp: Path) -> dict:
     cfg = load_recipe(args.gan_recipe, model="gan")
-    trainer_kw = {k: v for k, v in cfg["trainer"].items() if k not in FIT_TEST_FIXED}
+    trainer_kw = trainer_settings(cfg, "num_sanity_val_steps")
     if args.gan_minutes is not None:
         trainer_kw["max_time"] = {"minutes": args.gan_minutes}
     L.seed_everything(cfg["seed_everything"], verbose=False)
@@ -106,7 +102,7 @@ def bench_gan(args: argparse.Namespace, tmp: Path) -> dict:
 def bench_ae(args: argparse.Namespace, tmp: Path) -> dict:
     cfg = load_recipe(args.ae_recipe, model="autoencoder")
     model_kw = dict(cfg["model"])
-    trainer_kw = {k: v for k, v in cfg["trainer"].items() if k not in FIT_TEST_FIXED}
+    trainer_kw = trainer_settings(cfg, "num_sanity_val_steps")
     if args.ae_epochs is not None:
         trainer_kw["max_epochs"] = model_kw["sample_every"] = args.ae_epochs
     if args.anomaly_digit is not None:

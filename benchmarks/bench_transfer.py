@@ -45,11 +45,7 @@ from zoo.datamodules.images import FashionMNISTDataModule, MNISTDataModule  # no
 from zoo.models.backbones import adapt_stem  # noqa: E402
 from zoo.models.transfer import TransferClassifier  # noqa: E402
 
-from _recipes import load_recipe, recipe_path  # noqa: E402
-
-TRAINER_FIXED = ("accelerator", "devices", "logger", "enable_checkpointing", "enable_progress_bar",
-                 "enable_model_summary", "default_root_dir", "callbacks", "limit_test_batches")
-
+from _recipes import load_recipe, recipe_path, trainer_settings  # noqa: E402
 
 def given(**values: Any) -> dict[str, Any]:
     """The command-line values that were given (not None): they override the recipe's."""
@@ -68,9 +64,9 @@ def links(dm: L.LightningDataModule) -> dict[str, Any]:
 
 def trainer(out: Path, epochs: int, test_limit: int | None = None, callbacks: list | None = None,
             **recipe: Any) -> L.Trainer:
-    """A quiet CPU Trainer without validation passes; ``recipe``: a recipe's other trainer settings."""
-    settings = {"limit_val_batches": 0, "num_sanity_val_steps": 0,
-                **{k: v for k, v in recipe.items() if k not in TRAINER_FIXED}, "max_epochs": epochs}
+    """A quiet CPU Trainer without validation passes; ``recipe``: a recipe's other trainer settings
+    (``_recipes.trainer_settings``)."""
+    settings = {"limit_val_batches": 0, "num_sanity_val_steps": 0, **recipe, "max_epochs": epochs}
     return L.Trainer(**settings, accelerator="cpu", devices=1, logger=False,
                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                      default_root_dir=out, limit_test_batches=test_limit, callbacks=callbacks or [])
@@ -80,7 +76,7 @@ def fit_and_test(model: TransferClassifier, dm: L.LightningDataModule, out: Path
                  cfg: dict[str, Any]) -> tuple[float, float]:
     """(test accuracy, fit seconds) with the recipe ``cfg``'s trainer settings and ``epochs``."""
     t0 = time.perf_counter()
-    tr = trainer(out, epochs, test_batches, **cfg["trainer"])
+    tr = trainer(out, epochs, test_batches, **trainer_settings(cfg, "limit_test_batches"))
     tr.fit(model, dm)
     fit_s = time.perf_counter() - t0
     return tr.test(model, dm, verbose=False)[0]["test/acc"], fit_s
