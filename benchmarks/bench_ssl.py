@@ -28,6 +28,8 @@ import torch
 
 from zoo.cli import main as zoo_main
 
+from _results import write_rows
+
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "ssl_mnist_100_labels.yaml"
 METHODS = ("fixmatch", "pseudo_label", "mean_teacher")
@@ -124,16 +126,8 @@ def main() -> None:
     out = args.runs_dir / "bench_ssl_smoke.json" if args.smoke else REPO / "benchmarks" / "results" / "bench_ssl.json"
     new = [{"data": d, "method": m, "seed": s, "test_acc": r["test/acc"], "epochs": r["epochs"],
             "steps": r["global_step"], "train_time_s": r["train_time_s"], "run": r["_path"]} for d, m, s, r in rows]
-    out.write_text(json.dumps(merge_rows(out, new), indent=2) + "\n")
+    write_rows(out, new, ("data", "method", "seed"))
     print(f"results: {out} (rows of other data/method/seed kept)")
-
-
-def merge_rows(path: Path, new: list[dict]) -> list[dict]:
-    """Earlier rows of ``path`` plus ``new``; a new row replaces the old one with the same data, method and seed."""
-    key = lambda row: (row["data"], row["method"], row["seed"])  # noqa: E731
-    fresh = {key(row) for row in new}
-    old = json.loads(path.read_text()) if path.exists() else []
-    return [row for row in old if key(row) not in fresh] + new
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _results import write_rows
+
 REPO = Path(__file__).resolve().parents[1]
 SPACES = {
     "cnn": """model.lr: {type: float, low: 3.0e-4, high: 3.0e-2, log: true}
@@ -110,11 +112,8 @@ def main() -> None:
             if "median" in walls and "jobs2" in walls:
                 print(f"{task}: 2 workers x 1 thread / 1 worker x {args.threads} threads wall time "
                       f"{walls['jobs2'] / walls['median']:.2f}")
-    out = REPO / "benchmarks" / "results" / "bench_tune.json"
-    fresh = {(r["task"], r["part"]) for r in rows}
-    kept = [r for r in (json.loads(out.read_text()) if out.exists() else []) if (r["task"], r["part"]) not in fresh]
-    out.write_text(json.dumps(kept + [{**r, "threads": args.threads, "trials_asked": args.trials} for r in rows],
-                              indent=2) + "\n")
+    out = write_rows(REPO / "benchmarks" / "results" / "bench_tune.json",
+                     [{**r, "threads": args.threads, "trials_asked": args.trials} for r in rows], ("task", "part"))
     print(f"results: {out}")
 
 

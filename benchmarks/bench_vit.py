@@ -22,6 +22,8 @@ import torch
 
 from zoo.cli import main as zoo_main
 
+from _results import write_rows
+
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "vit_fashion_mnist.yaml"
 TARGETS = {"fashion_mnist": 92.0, "mnist": 99.0}
@@ -73,12 +75,9 @@ def main() -> None:
     print("\ndata           model  test acc  epochs  train s")
     for data, model, r in rows:
         print(f"{data:14} {model:5} {r['acc']:8.2f}  {r['epochs']:6}  {r['train_s']:7.0f}")
-    out = REPO / "benchmarks" / "results" / "bench_vit.json"
-    kept = [row for row in (json.loads(out.read_text()) if out.exists() else [])
-            if (row["data"], row["model"]) not in {(d, m) for d, m, _ in rows}]
-    out.write_text(json.dumps(kept + [{"data": d, "model": m, "threads": args.threads, "budget_min": args.budget_min,
-                                       "recipe": args.recipe.name, **r} for d, m, r in rows],
-                              indent=2) + "\n")
+    out = write_rows(REPO / "benchmarks" / "results" / "bench_vit.json",
+                     [{"data": d, "model": m, "threads": args.threads, "budget_min": args.budget_min,
+                       "recipe": args.recipe.name, **r} for d, m, r in rows], ("data", "model"))
     print(f"results: {out} (rows of other data/model pairs kept)")
 
 
