@@ -196,3 +196,16 @@ def test_bad_inputs_raise_one_line_errors(tmp_path: Path, capsys: pytest.Capture
                  "--runs-dir", str(tmp_path / "runs")])
     err = capsys.readouterr().err
     assert code == 2 and "fold 9 does not exist" in err and len(err.strip().splitlines()) == 1
+
+
+def test_similar_items_rank_by_cosine_and_never_return_the_query() -> None:
+    from zoo.models.recommender import RecommenderMixin
+
+    class Toy(RecommenderMixin):
+        def item_embeddings(self) -> torch.Tensor:
+            return torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [-1.0, -0.1]])
+
+    items, sims = Toy().similar_items(torch.tensor([0, 2]), n=2)
+    assert items.tolist() == [[1, 2], [1, 0]]
+    assert sims[0, 0].item() == pytest.approx(0.9 / (0.9 ** 2 + 0.1 ** 2) ** 0.5) and sims[1, 1].item() == 0.0
+    assert issubclass(MatrixFactorization, RecommenderMixin) and issubclass(NeuMF, RecommenderMixin)
