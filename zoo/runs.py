@@ -206,12 +206,12 @@ def build_logger(args: Any, run_dir: Path, model_name: str) -> Any:
                                "pip install 'lightning-zoo[tensorboard]'") from exc
     if kind == "wandb":
         return _wandb_logger(run_dir, model_name, args.wandb_project, args.wandb_name, args.wandb_tags,
-                             args.wandb_log_model, getattr(args, "wandb_group", None))
+                             args.wandb_log_model, args.wandb_group)
     raise ZooUserError(f"unknown logger '{kind}'; choose csv, tensorboard or wandb")
 
 
 def _wandb_logger(run_dir: Path, model_name: str, project: str | None, name: str | None,
-                  tags: list[str] | None, log_model: bool, group: str | None = None) -> Any:
+                  tags: list[str] | None, log_model: bool, group: str | None) -> Any:
     """W&B logger; offline (with the sync command printed) when there is no API key. The key itself
     is never printed or written: it stays in the environment / netrc where wandb reads it."""
     try:

@@ -26,8 +26,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from zoo.datamodules.base import InMemoryDataModule
-from zoo.datamodules.base import stratified_split
+from zoo.datamodules.base import InMemoryDataModule, stratified_split
 from zoo.errors import ZooUserError
 
 __all__ = ["AudioDataModule", "SoundsDataModule", "AudioFolderDataModule", "FSDDDataModule", "read_audio",

@@ -22,8 +22,7 @@ from typing import Any, ClassVar, Literal, Sequence
 
 import torch
 
-from zoo.datamodules.base import SplitDataModule
-from zoo.datamodules.base import stratified_split
+from zoo.datamodules.base import SplitDataModule, stratified_split
 from zoo.errors import ZooUserError
 
 __all__ = ["FullBatchLoader", "NodeDataModule", "KarateDataModule", "PlanetoidDataModule", "CoraDataModule",

@@ -29,8 +29,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from zoo.datamodules.base import SplitDataModule
-from zoo.datamodules.base import stratified_split
+from zoo.datamodules.base import SplitDataModule, stratified_split
 from zoo.datamodules.images import Augment, DigitsDataModule
 from zoo.errors import ZooUserError
 

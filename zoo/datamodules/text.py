@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from zoo.datamodules._textdata import (TextTable, encode_labels, find_split_file, generate_sentiment,
                                        label_vocabulary, read_table)
 from zoo.datamodules.tokenizers import BucketBatchLoader, TextEncoder, resolve_backbone, trim_batch
-from zoo.datamodules.base import SplitDataModule
+from zoo.datamodules.base import SplitDataModule, stratified_split
 from zoo.errors import ZooUserError
 
 __all__ = ["TextDataModule", "SST2DataModule", "SentimentDataModule"]
@@ -183,8 +183,6 @@ class TextDataModule(SplitDataModule):
             raise ZooUserError(f"'{table.source}' has only {n} rows; add data or give a val file")
         counts = {y: table.labels.count(y) for y in set(map(str, table.labels))} if not self._multi else {}
         if counts and min(counts.values()) >= 2 and n_val >= len(counts):
-            from zoo.datamodules.base import stratified_split
-
             ids = torch.tensor([sorted(counts).index(str(y)) for y in table.labels])
             train_idx, val_idx = stratified_split(ids, n_val / n, self.seed)
         else:
