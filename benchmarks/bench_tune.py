@@ -8,6 +8,7 @@ Results are merged into ``benchmarks/results/bench_tune.json`` (one row per task
 
     python benchmarks/bench_tune.py --data-dir ../shared/data --trials 20 --tasks cnn mlp --parts default median none
     python benchmarks/bench_tune.py --data-dir ../shared/data --trials 20 --tasks cnn --parts median jobs2
+    python benchmarks/bench_tune.py --data-dir ../shared/data --trials 20 --tasks mlp --parts median hyperband none
 """
 from __future__ import annotations
 
@@ -77,7 +78,7 @@ def main() -> None:
     parser.add_argument("--limit-train", type=int, default=4000)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--parts", nargs="+", default=["default", "median", "none"],
-                        choices=["default", "median", "none", "jobs2"])
+                        choices=["default", "median", "hyperband", "none", "jobs2"])
     args = parser.parse_args()
     print(f"load {open('/proc/loadavg').read().split()[:3]}, threads {args.threads}, {args.trials} trials; "
           f"cnn: {args.cnn_epochs} epochs on {args.limit_train} Fashion-MNIST images; mlp: {args.mlp_epochs} epochs")
@@ -94,6 +95,7 @@ def main() -> None:
                 rows.append({"task": task, "part": "default", "val": m[metric], "test": m.get(test),
                              "wall_s": round(seconds, 1)})
             for part, extra, threads in (("median", ["--pruner", "median"], args.threads),
+                                         ("hyperband", ["--pruner", "hyperband"], args.threads),
                                          ("none", ["--pruner", "none"], args.threads),
                                          ("jobs2", ["--pruner", "median", "--jobs", "2"], 1)):
                 if part in args.parts:
@@ -107,8 +109,9 @@ def main() -> None:
                       f"wall {row['wall_s']:.0f} s" + (f"  trials {row['trials']}, {row['epochs_trained']} epochs"
                                                        if "trials" in row else ""), flush=True)
             walls = {r["part"]: r["wall_s"] for r in rows if r["task"] == task}
-            if "median" in walls and "none" in walls:
-                print(f"{task}: median pruning / no pruning wall time {walls['median'] / walls['none']:.2f}")
+            for pruner in ("median", "hyperband"):
+                if pruner in walls and "none" in walls:
+                    print(f"{task}: {pruner} pruning / no pruning wall time {walls[pruner] / walls['none']:.2f}")
             if "median" in walls and "jobs2" in walls:
                 print(f"{task}: 2 workers x 1 thread / 1 worker x {args.threads} threads wall time "
                       f"{walls['jobs2'] / walls['median']:.2f}")
