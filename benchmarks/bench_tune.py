@@ -1,9 +1,10 @@
 """``train.py tune`` on real data: does a 20-trial study beat the default configuration, what does median pruning
 save, and what do two workers on one SQLite study give on this machine's 2 cores.
 
-Tasks (``--tasks``): ``cnn``, the zoo CNN on a Fashion-MNIST subset (``--limit-train`` images, ``--cnn-epochs``
-per trial), and ``mlp``, the tabular MLP recipe on California housing (``--mlp-epochs`` per trial). Every
-configuration runs through train.py, so the default and the best trial are scored on the same test split.
+Tasks (``--tasks``), each a recipe and a search space in ``recipes/spaces/`` of the same name: ``cnn``,
+``recipes/cnn_fashion_mnist_4k.yaml`` (``--limit-train`` images, ``--cnn-epochs`` per trial), and ``mlp``,
+``recipes/mlp_california_housing.yaml`` (``--mlp-epochs`` per trial). Every configuration runs through train.py,
+so the default and the best trial are scored on the same test split.
 Results are merged into ``benchmarks/results/bench_tune.json`` (one row per task and part).
 
     python benchmarks/bench_tune.py --data-dir ../shared/data --trials 20 --tasks cnn mlp --parts default median none
@@ -25,27 +26,17 @@ from pathlib import Path
 from _results import write_rows
 
 REPO = Path(__file__).resolve().parents[1]
-SPACES = {
-    "cnn": """model.lr: {type: float, low: 3.0e-4, high: 3.0e-2, log: true}
-model.dropout: {type: float, low: 0.0, high: 0.4}
-model.channels: {type: categorical, choices: [[16, 32], [32, 64], [32, 64, 128]]}
-model.weight_decay: {type: float, low: 1.0e-6, high: 1.0e-2, log: true}
-""",
-    "mlp": """model.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}
-model.dropout: {type: float, low: 0.0, high: 0.4}
-model.hidden: {type: categorical, choices: [[128, 128], [256, 256, 256], [512, 512]]}
-model.weight_decay: {type: float, low: 1.0e-6, high: 1.0e-3, log: true}
-""",
-}
+RECIPES = {task: REPO / "recipes" / f"{name}.yaml"
+           for task, name in (("cnn", "cnn_fashion_mnist_4k"), ("mlp", "mlp_california_housing"))}
+SPACES = {task: REPO / "recipes" / "spaces" / recipe.name for task, recipe in RECIPES.items()}
 METRICS = {"cnn": ("val/acc", "max", "test/acc"), "mlp": ("val/rmse", "min", "test/rmse")}
 
 
 def task_args(task: str, args: argparse.Namespace) -> list[str]:
-    if task == "cnn":
-        return ["--model", "cnn", "--data", "fashion_mnist", "--data-dir", args.data_dir, "--max-epochs",
-                str(args.cnn_epochs), "--data.limit_train", str(args.limit_train), "--no-early-stopping", "--seed", "0"]
-    return ["-c", str(REPO / "recipes" / "mlp_california_housing.yaml"), "--data-dir", args.data_dir, "--max-epochs",
-            str(args.mlp_epochs), "--no-early-stopping", "--seed", "0"]
+    """The task's recipe with the benchmark's epochs (and, for the CNN, training subset)."""
+    extra = ["--data.limit_train", str(args.limit_train)] if task == "cnn" else []
+    return ["-c", str(RECIPES[task]), "--data-dir", args.data_dir, "--max-epochs",
+            str(args.cnn_epochs if task == "cnn" else args.mlp_epochs), *extra, "--no-early-stopping"]
 
 
 def run(args: list[str], threads: int) -> float:
@@ -72,7 +63,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
     parser.add_argument("--trials", type=int, default=20)
-    parser.add_argument("--tasks", nargs="+", default=["cnn", "mlp"], choices=sorted(SPACES))
+    parser.add_argument("--tasks", nargs="+", default=["cnn", "mlp"], choices=sorted(RECIPES))
     parser.add_argument("--cnn-epochs", type=int, default=8)
     parser.add_argument("--mlp-epochs", type=int, default=20)
     parser.add_argument("--limit-train", type=int, default=4000)
@@ -86,8 +77,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for task in args.tasks:
             base, (metric, direction, test) = task_args(task, args), METRICS[task]
-            space = Path(tmp) / f"{task}_space.yaml"
-            space.write_text(SPACES[task])
+            space = SPACES[task]
             if "default" in args.parts:
                 out = Path(tmp) / f"{task}_default"
                 seconds = run([*base, "--threads", str(args.threads), "--output-dir", str(out)], args.threads)

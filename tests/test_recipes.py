@@ -1,5 +1,6 @@
 """The recipes behind the README's results rows: each one parses through train.py's own parser with every value it
-sets, and every recipe the README names exists."""
+sets, every search space in ``recipes/spaces/`` validates against its recipe's model, and every recipe the README
+names exists."""
 from __future__ import annotations
 
 import re
@@ -9,9 +10,11 @@ import pytest
 import yaml
 
 from zoo.cli import main
+from zoo.tune import load_space
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
+SPACES = sorted((REPO / "recipes" / "spaces").glob("*.yaml"))
 
 
 def _printed_config(capsys: pytest.CaptureFixture[str], recipe: Path) -> dict:
@@ -32,6 +35,12 @@ def test_every_recipe_parses_with_all_its_values(recipe: Path, capsys: pytest.Ca
     for section in ("model", "data", "trainer"):
         for key, value in (wanted.get(section) or {}).items():
             assert got[section][key] == value, f"{recipe.name}: {section}.{key}"
+
+
+@pytest.mark.parametrize("space", SPACES, ids=lambda p: p.stem)
+def test_every_search_space_validates_against_its_recipe(space: Path) -> None:
+    zoo = yaml.safe_load((REPO / "recipes" / space.name).read_text())["zoo"]
+    assert set(load_space(str(space), zoo["model"], zoo["data"])) == set(yaml.safe_load(space.read_text()))
 
 
 def test_a_misspelt_recipe_key_is_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

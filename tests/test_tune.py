@@ -71,6 +71,12 @@ def test_two_workers_share_one_sqlite_study(tmp_path: Path, capsys) -> None:
     assert _finished(study / "study.db") >= 4 and "locked" not in capsys.readouterr().err
 
 
+def test_a_short_hyperband_study_says_its_search_is_near_random(tmp_path: Path, capsys) -> None:
+    assert main(["tune", *RUN, "--space", _space(tmp_path), "--trials", "2", "--pruner", "hyperband",
+                 "--output-dir", str(tmp_path / "study")]) == 0
+    assert "2 trials are close to a random search" in capsys.readouterr().err
+
+
 def test_pruning_stops_a_trial() -> None:
     from zoo.tune import PruningCallback
 

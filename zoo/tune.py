@@ -199,6 +199,10 @@ def run_tune(args: argparse.Namespace, model: str, data: str, extras: list[str],
         shutil.copy(args.space, folder / "space.yaml")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = _study(args, folder, direction)
+    if args.pruner == "hyperband" and args.trials < 30 and not args.worker:
+        print(f"note: hyperband gives each of its brackets its own TPE history and TPE samples its first 10 trials "
+              f"at random, so {args.trials} trials are close to a random search (Optuna suggests >= 10 per bracket); "
+              "--pruner median suits short studies", file=sys.stderr)
     url = args.storage or f"sqlite:///{folder / 'study.db'}"
     workers = [subprocess.Popen([sys.executable, "-m", "zoo.cli", "tune", *worker_argv(argv), "--storage", url,
                                  "--study", study.study_name, "--jobs", "1", "--worker"])
