@@ -2,9 +2,9 @@
 save, and what do two workers on one SQLite study give on this machine's 2 cores.
 
 Tasks (``--tasks``), each a recipe and a search space in ``recipes/spaces/`` of the same name: ``cnn``,
-``recipes/cnn_fashion_mnist_4k.yaml`` (``--limit-train`` images, ``--cnn-epochs`` per trial), and ``mlp``,
-``recipes/mlp_california_housing.yaml`` (``--mlp-epochs`` per trial). Every configuration runs through train.py,
-so the default and the best trial are scored on the same test split.
+``recipes/cnn_fashion_mnist_4k.yaml`` (4,000 images, 8 epochs per trial; ``--limit-train``, ``--cnn-epochs``),
+and ``mlp``, ``recipes/mlp_california_housing.yaml`` (``--mlp-epochs`` per trial). Every configuration runs
+through train.py, so the default and the best trial are scored on the same test split.
 Results are merged into ``benchmarks/results/bench_tune.json`` (one row per task and part).
 
     python benchmarks/bench_tune.py --data-dir ../shared/data --trials 20 --tasks cnn mlp --parts default median none
@@ -33,10 +33,11 @@ METRICS = {"cnn": ("val/acc", "max", "test/acc"), "mlp": ("val/rmse", "min", "te
 
 
 def task_args(task: str, args: argparse.Namespace) -> list[str]:
-    """The task's recipe with the benchmark's epochs (and, for the CNN, training subset)."""
-    extra = ["--data.limit_train", str(args.limit_train)] if task == "cnn" else []
-    return ["-c", str(RECIPES[task]), "--data-dir", args.data_dir, "--max-epochs",
-            str(args.cnn_epochs if task == "cnn" else args.mlp_epochs), *extra, "--no-early-stopping"]
+    """The task's recipe, with the epochs (and, for the CNN, training images) of the flags that are given."""
+    overrides = {"cnn": (("--max-epochs", args.cnn_epochs), ("--data.limit_train", args.limit_train)),
+                 "mlp": (("--max-epochs", args.mlp_epochs),)}[task]
+    return ["-c", str(RECIPES[task]), "--data-dir", args.data_dir, "--no-early-stopping",
+            *[arg for flag, value in overrides if value is not None for arg in (flag, str(value))]]
 
 
 def run(args: list[str], threads: int) -> float:
@@ -64,15 +65,16 @@ def main() -> None:
     parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--tasks", nargs="+", default=["cnn", "mlp"], choices=sorted(RECIPES))
-    parser.add_argument("--cnn-epochs", type=int, default=8)
-    parser.add_argument("--mlp-epochs", type=int, default=20)
-    parser.add_argument("--limit-train", type=int, default=4000)
+    parser.add_argument("--cnn-epochs", type=int, help="epochs per CNN trial (default: the recipe's 8)")
+    parser.add_argument("--mlp-epochs", type=int, default=20, help="epochs per MLP trial (the recipe early-stops)")
+    parser.add_argument("--limit-train", type=int, help="CNN training images (default: the recipe's 4,000)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--parts", nargs="+", default=["default", "median", "none"],
                         choices=["default", "median", "hyperband", "none", "jobs2"])
     args = parser.parse_args()
     print(f"load {open('/proc/loadavg').read().split()[:3]}, threads {args.threads}, {args.trials} trials; "
-          f"cnn: {args.cnn_epochs} epochs on {args.limit_train} Fashion-MNIST images; mlp: {args.mlp_epochs} epochs")
+          f"cnn: {args.cnn_epochs or 'the recipe'} epochs on {args.limit_train or 'the recipe'} images; "
+          f"mlp: {args.mlp_epochs} epochs")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for task in args.tasks:

@@ -3,7 +3,6 @@ is covered: fit on its offline default through train.py, reload the checkpoint, 
 one-batch run with W&B offline and bf16 mixed precision on CPU."""
 from __future__ import annotations
 
-import inspect
 import json
 import re
 import time
@@ -15,9 +14,10 @@ import pytest
 import torch
 
 import zoo
+from zoo.catalog import entry_params
 from zoo.cli import main
 from zoo.inference import load_zoo_checkpoint
-from zoo.registry import get_datamodule_class, get_model_entry
+from zoo.registry import get_model_entry
 
 # Tiny settings per model (everything else is the model's and its DataModule's default).
 TINY: dict[str, list[str]] = {
@@ -35,16 +35,10 @@ TINY: dict[str, list[str]] = {
             "--model.predict_tokens", "20", "--data.block_size", "16"],
 }
 
-
-def _takes_batch_size(cls: type) -> bool:
-    """Whether any ``__init__`` on the DataModule's class chain takes ``batch_size`` (subclasses pass **kwargs)."""
-    return any("batch_size" in inspect.signature(c.__init__).parameters for c in cls.__mro__ if "__init__" in vars(c))
-
-
 # The bf16 batch at batch size 2 wherever the DataModule takes a batch size: where the CPU has no native bf16
 # (AVX2-only) bf16 kernels are emulated, convolutions ~40x slower than float32 (resnet18, batch 64 of 16 px: 31 s).
 BF16_SMALL = {name: ["--data.batch_size", "2"] for name in zoo.list_models()
-              if _takes_batch_size(get_datamodule_class(get_model_entry(name).datamodule))}
+              if "batch_size" in {p.name for p in entry_params(get_model_entry(name).datamodule, "data")}}
 LIMITS = ["--max-epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
           "--trainer.limit_test_batches", "1", "--threads", "1"]
 

@@ -113,10 +113,9 @@ class PruningCallback(Callback):
             trainer.should_stop = True
 
 
-def _study(args: argparse.Namespace, folder: Path, direction: str) -> Any:
+def _study(args: argparse.Namespace, folder: Path, url: str, direction: str) -> Any:
     import optuna
 
-    url = args.storage or f"sqlite:///{folder / 'study.db'}"
     storage = optuna.storages.RDBStorage(url, heartbeat_interval=max(1, args.stale_after // 4),
                                          grace_period=args.stale_after,
                                          engine_kwargs=({"connect_args": {"timeout": 60}} if url.startswith("sqlite")
@@ -198,12 +197,12 @@ def run_tune(args: argparse.Namespace, model: str, data: str, extras: list[str],
     if not (folder / "space.yaml").exists():
         shutil.copy(args.space, folder / "space.yaml")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = _study(args, folder, direction)
+    url = args.storage or f"sqlite:///{folder / 'study.db'}"
+    study = _study(args, folder, url, direction)
     if args.pruner == "hyperband" and args.trials < 30 and not args.worker:
         print(f"note: hyperband gives each of its brackets its own TPE history and TPE samples its first 10 trials "
               f"at random, so {args.trials} trials are close to a random search (Optuna suggests >= 10 per bracket); "
               "--pruner median suits short studies", file=sys.stderr)
-    url = args.storage or f"sqlite:///{folder / 'study.db'}"
     workers = [subprocess.Popen([sys.executable, "-m", "zoo.cli", "tune", *worker_argv(argv), "--storage", url,
                                  "--study", study.study_name, "--jobs", "1", "--worker"])
                for _ in range(max(0, args.jobs - 1))] if args.jobs > 1 else []
