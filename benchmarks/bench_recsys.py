@@ -1,8 +1,9 @@
 """Recommenders on MovieLens ml-100k, side by side with the libraries a learner would otherwise use.
 
 Parts (``--parts``, comma-separated):
-  explicit  the zoo's ``mf`` through ``train.py -c recipes/mf_ml100k.yaml`` on each official fold ``u1..u5``
-            beside scikit-surprise's SVD and BaselineOnly on the same files (RMSE, MAE, seconds).
+  explicit  the zoo's ``mf`` and ``autorec`` (``--models``) through ``train.py -c recipes/<model>_ml100k.yaml`` on
+            each official fold ``u1..u5`` beside scikit-surprise's SVD and BaselineOnly on the same files (RMSE,
+            MAE, seconds); the per-fold rows go to ``benchmarks/results/bench_recsys.json``.
   implicit  ``neumf`` through ``recipes/neumf_ml100k.yaml`` (leave-last-out per user, every rating a positive)
             beside a popularity ranking and ``implicit``'s ALS on the same split and the same sampled negatives.
   timing    seconds per training epoch of the same MF model and data: Lightning Trainer vs a plain PyTorch loop,
@@ -10,6 +11,7 @@ Parts (``--parts``, comma-separated):
 
 Example:
     python benchmarks/bench_recsys.py --data-dir ../shared/data --threads 2 --parts explicit --folds 1,2
+    python benchmarks/bench_recsys.py --data-dir ../shared/data --threads 2 --parts explicit --models autorec
 """
 from __future__ import annotations
 
@@ -28,6 +30,8 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 import yaml  # noqa: E402
+
+from _results import write_rows  # noqa: E402
 
 from zoo.cli import main as zoo_main  # noqa: E402
 from zoo.datamodules.interactions import MovieLensDataModule  # noqa: E402
@@ -52,7 +56,8 @@ def run_zoo(recipe_name: str, data_dir: str, runs: Path, *extra: str) -> dict:
     return json.loads(path.read_text())
 
 
-def explicit(data_dir: str, folds: list[int], runs: Path) -> None:
+def explicit(data_dir: str, folds: list[int], models: list[str], runs: Path) -> None:
+    """Each zoo model's recipe and Surprise's SVD and BaselineOnly on every fold; rows to bench_recsys.json."""
     from surprise import SVD, BaselineOnly, Dataset, Reader, accuracy
     from surprise.model_selection import PredefinedKFold
 
@@ -60,32 +65,37 @@ def explicit(data_dir: str, folds: list[int], runs: Path) -> None:
     reader = Reader(line_format="user item rating timestamp", sep="\t")
     rows = []
     for k in folds:
-        start = time.perf_counter()
-        m = run_zoo("mf_ml100k.yaml", data_dir, runs, f"--data.fold={k}")
-        row = {"fold": k, "mf_rmse": m["test/rmse"], "mf_mae": m["test/mae"], "mf_s": time.perf_counter() - start,
-               "mf_epochs": m["epochs"], "bias_rmse": m["test/bias_rmse"], "mean_rmse": m["test/global_mean_rmse"],
-               "unseen_items": m["test/unseen_items"]}
+        row: dict = {"part": "explicit", "fold": k, "threads": torch.get_num_threads()}
+        for name in models:
+            start = time.perf_counter()
+            m = run_zoo(f"{name}_ml100k.yaml", data_dir, runs, f"--data.fold={k}")
+            row |= {f"{name}_rmse": m["test/rmse"], f"{name}_mae": m["test/mae"],
+                    f"{name}_s": round(time.perf_counter() - start, 1), f"{name}_epochs": m["epochs"],
+                    "bias_rmse": m["test/bias_rmse"], "mean_rmse": m["test/global_mean_rmse"],
+                    "unseen_items": m["test/unseen_items"]}
         data = Dataset.load_from_folds([(str(root / f"u{k}.base"), str(root / f"u{k}.test"))], reader)
         train, test = next(PredefinedKFold().split(data))
         for name, algo in (("svd", SVD(random_state=0)), ("baseline", BaselineOnly(verbose=False))):
             start = time.perf_counter()
             algo.fit(train)
             pred = algo.test(test)
+            seconds = round(time.perf_counter() - start, 1)
             row |= {f"{name}_rmse": accuracy.rmse(pred, verbose=False),
-                    f"{name}_mae": accuracy.mae(pred, verbose=False), f"{name}_s": time.perf_counter() - start}
+                    f"{name}_mae": accuracy.mae(pred, verbose=False), f"{name}_s": seconds}
         rows.append(row)
-        print(f"fold {k}: mf RMSE {row['mf_rmse']:.4f} MAE {row['mf_mae']:.4f} ({row['mf_s']:.1f} s, "
-              f"{row['mf_epochs']} epochs) | Surprise SVD {row['svd_rmse']:.4f} / {row['svd_mae']:.4f} "
-              f"({row['svd_s']:.1f} s) | "
-              f"BaselineOnly {row['baseline_rmse']:.4f} / {row['baseline_mae']:.4f} | zoo bias baseline "
-              f"{row['bias_rmse']:.4f}, global mean {row['mean_rmse']:.4f} | load {load()}", flush=True)
-    mean = {key: statistics.mean(r[key] for r in rows) for key in rows[0] if key != "fold"}
-    print(f"mean over folds {folds}: mf RMSE {mean['mf_rmse']:.4f} MAE {mean['mf_mae']:.4f} | "
-          f"SVD {mean['svd_rmse']:.4f} / {mean['svd_mae']:.4f} | "
-          f"BaselineOnly {mean['baseline_rmse']:.4f} / {mean['baseline_mae']:.4f} | "
-          f"RMSE ratio mf/SVD {mean['mf_rmse'] / mean['svd_rmse']:.3f}, mf/BaselineOnly "
-          f"{mean['mf_rmse'] / mean['baseline_rmse']:.3f} | total seconds: mf {sum(r['mf_s'] for r in rows):.1f}, SVD "
-          f"{sum(r['svd_s'] for r in rows):.1f} (published Surprise 5-fold: SVD 0.934, BaselineOnly 0.944)")
+        print(f"fold {k}: " + " | ".join(f"{name} RMSE {row[name + '_rmse']:.4f} MAE {row[name + '_mae']:.4f} "
+                                         f"({row[name + '_s']:.1f} s)" for name in [*models, "svd", "baseline"])
+              + f" | zoo bias baseline {row['bias_rmse']:.4f}, global mean {row['mean_rmse']:.4f} | load {load()}",
+              flush=True)
+    mean = {key: statistics.mean(r[key] for r in rows) for key in rows[0] if key not in ("part", "fold", "threads")}
+    print(f"mean over folds {folds}: " + " | ".join(
+        f"{name} RMSE {mean[name + '_rmse']:.4f} MAE {mean[name + '_mae']:.4f}, "
+        f"{sum(r[name + '_s'] for r in rows):.0f} s" for name in [*models, "svd", "baseline"])
+        + " | RMSE ratio to SVD: "
+        + ", ".join(f"{name} {mean[name + '_rmse'] / mean['svd_rmse']:.3f}" for name in models)
+        + " (published Surprise 5-fold: SVD 0.934, BaselineOnly 0.944)")
+    out = write_rows(REPO / "benchmarks" / "results" / "bench_recsys.json", rows, ("part", "fold"))
+    print(f"rows: {out}")
 
 
 def implicit_part(data_dir: str, runs: Path) -> None:
@@ -189,6 +199,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--parts", default="explicit,implicit,timing")
     p.add_argument("--folds", default="1,2,3,4,5")
+    p.add_argument("--models", default="mf,autorec", help="zoo models of the explicit part (comma-separated)")
     p.add_argument("--timing-reps", type=int, default=5)
     p.add_argument("--timing-epochs", type=int, default=10)
     args = p.parse_args()
@@ -198,7 +209,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         runs = Path(tmp) / "runs"
         if "explicit" in parts:
-            explicit(args.data_dir, [int(f) for f in args.folds.split(",")], runs)
+            explicit(args.data_dir, [int(f) for f in args.folds.split(",")], args.models.split(","), runs)
         if "implicit" in parts:
             implicit_part(args.data_dir, runs)
         if "timing" in parts:

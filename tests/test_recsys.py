@@ -13,7 +13,8 @@ import torch
 from zoo.cli import main
 from zoo.datamodules.interactions import InteractionsDataModule, MovieLensDataModule, generate_ratings
 from zoo.errors import ZooUserError
-from zoo.models.mf import MatrixFactorization, fit_biases
+from zoo.models.mf import MatrixFactorization
+from zoo.models.recommender import fit_biases
 from zoo.models.neumf import NeuMF, ranking_metrics, update_ranking
 
 

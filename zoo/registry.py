@@ -70,6 +70,7 @@ def _d(name: str, target: str, *aliases: str) -> Entry:
 MODELS: dict[str, ModelEntry] = {e.name: e for e in (
     _m("audio_cnn", "audio_cnn:AudioCNN", "sounds", "audio_classifier", "m5"),
     _m("autoencoder", "autoencoder:Autoencoder", "digits", "ae", "conv_autoencoder"),
+    _m("autorec", "autorec:AutoRec", "ratings", "i_autorec"),
     _m("bert", "bert:BertClassifier", "sentiment", "bert_classifier", "text_classifier"),
     _m("cnn", "cnn:CNNClassifier", "digits", "cnn_classifier"),
     _m("densenet", "transfer:TransferClassifier", "digits_rgb", backbone="densenet121"),
