@@ -1,4 +1,5 @@
-"""Recommenders: interaction splits, re-indexing, MF vs biases, NeuMF ranking metrics, predict, bad inputs."""
+"""Recommenders: interaction splits, re-indexing, MF and AutoRec vs biases, NeuMF ranking metrics, predict, bad
+inputs."""
 from __future__ import annotations
 
 import csv
@@ -13,6 +14,8 @@ import torch
 from zoo.cli import main
 from zoo.datamodules.interactions import InteractionsDataModule, MovieLensDataModule, generate_ratings
 from zoo.errors import ZooUserError
+from zoo.inference import load_zoo_checkpoint
+from zoo.models.autorec import AutoRec
 from zoo.models.mf import MatrixFactorization
 from zoo.models.recommender import fit_biases
 from zoo.models.neumf import NeuMF, ranking_metrics, update_ranking
@@ -118,6 +121,43 @@ def test_mf_recovers_the_low_rank_structure_better_than_biases(make_trainer) -> 
     make_trainer(max_epochs=15).fit(model, datamodule=dm)
     result = make_trainer().test(model, datamodule=dm)[0]
     assert result["test/rmse"] < 0.93 * result["test/bias_rmse"] < 0.93 * result["test/global_mean_rmse"]
+
+
+def test_autorec_encodes_the_training_matrix_and_falls_back_to_the_baseline() -> None:
+    dm = InteractionsDataModule(seed=0)
+    dm.setup()
+    users, items, ratings = dm.train_interactions()
+    model = AutoRec(num_users=dm.num_users, num_items=dm.num_items, hidden=8).eval()
+    model.fit_from(users, items, ratings)
+    assert torch.equal(model.ratings_matrix[items, users], ratings)
+    assert model.ratings_matrix.count_nonzero() == len(users)  # every other entry is 0 (not rated)
+    with torch.no_grad():
+        pairs, table = model(users[:50], items[:50]), model.score_all(users[:50])
+        assert torch.allclose(pairs, table[torch.arange(50), items[:50]], atol=1e-5)  # both paths agree
+        new_user, new_item = model(torch.tensor([-1]), items[:1]), model(users[:1], torch.tensor([-1]))
+        assert torch.allclose(new_user, model.global_mean + model.baseline_item[items[:1]])
+        assert torch.allclose(new_item, model.global_mean + model.baseline_user[users[:1]])
+        assert torch.allclose(model.score_all(torch.tensor([-1]))[0], model.global_mean + model.baseline_item)
+        codes = model.item_embeddings()
+    assert codes.shape == (dm.num_items, 8) and bool(((codes > 0) & (codes < 1)).all())
+
+
+def test_autorec_beats_biases_and_reloads_to_its_test_rmse(tmp_path: Path) -> None:
+    """Fit on the generated ratings; the reloaded checkpoint (weights and the saved rating matrix) scores the
+    test split to the RMSE the run reported."""
+    args = ["--model", "autorec", "--model.lr", "1e-2", "--max-epochs", "30",
+            "--threads", "1", "--runs-dir", str(tmp_path / "runs")]
+    assert main(args) == 0
+    (metrics_file,) = (tmp_path / "runs" / "autorec").glob("*/metrics.json")
+    metrics = json.loads(metrics_file.read_text())
+    assert metrics["test/rmse"] < 0.92 * metrics["test/bias_rmse"] < 0.92 * metrics["test/global_mean_rmse"]
+    _, model, _, _ = load_zoo_checkpoint(metrics["best_checkpoint"])
+    dm = InteractionsDataModule()
+    dm.setup()
+    users, items, ratings = dm.splits["test"]
+    with torch.no_grad():
+        pred = model(users, items).clamp(*model.rating_range)
+    assert (pred - ratings).pow(2).mean().sqrt().item() == pytest.approx(metrics["test/rmse"], abs=1e-5)
 
 
 def test_ranking_metrics_match_a_hand_made_ranking() -> None:
