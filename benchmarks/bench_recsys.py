@@ -29,8 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
-import yaml  # noqa: E402
 
+from _recipes import load_recipe, recipe_path  # noqa: E402
 from _results import write_rows  # noqa: E402
 
 from zoo.cli import main as zoo_main  # noqa: E402
@@ -39,10 +39,6 @@ from zoo.models.mf import MatrixFactorization  # noqa: E402
 from zoo.models.neumf import ranking_metrics, update_ranking  # noqa: E402
 
 ML = ("movielens", "ml-100k")
-
-
-def recipe(name: str) -> dict:
-    return yaml.safe_load((REPO / "recipes" / name).read_text())
 
 
 def run_zoo(recipe_name: str, data_dir: str, runs: Path, *extra: str) -> dict:
@@ -99,10 +95,10 @@ def explicit(data_dir: str, folds: list[int], models: list[str], runs: Path) -> 
 
 
 def implicit_part(data_dir: str, runs: Path) -> None:
-    cfg = recipe("neumf_ml100k.yaml")
+    cfg = load_recipe(recipe_path("neumf_ml100k"), "neumf")
     start = time.perf_counter()
     m = run_zoo("neumf_ml100k.yaml", data_dir, runs)
-    k = cfg.get("model", {}).get("k", 10)
+    k = cfg["model"].get("k", 10)
     names = [f"hit_rate@{k}", f"ndcg@{k}", f"precision@{k}", f"recall@{k}", f"full_ndcg@{k}"]
     table = {"neumf": [m[f"test/{n}"] for n in names], "popularity": [m[f"test/pop_{n}"] for n in names]}
     print(f"neumf: {time.perf_counter() - start:.1f} s, {m['epochs']} epochs; test users whose held-out item is unseen "
@@ -145,7 +141,7 @@ def timing(data_dir: str, reps: int, epochs: int) -> None:
 
     from zoo.models.base import build_optimizer
 
-    cfg = recipe("mf_ml100k.yaml")
+    cfg = load_recipe(recipe_path("mf_ml100k"), "mf")
     dm = MovieLensDataModule(data_dir, **{k: v for k, v in cfg["data"].items() if k != "data_dir"})
     dm.setup()
 
