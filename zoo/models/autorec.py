@@ -29,8 +29,10 @@ __all__ = ["AutoRec"]
 
 
 class AutoRec(ExplicitRatingsMixin, ZooModule):
-    """Item-based AutoRec for explicit ratings: ``r_i -> W sigmoid(V r_i + mu) + b``, squared error on observed
-    ratings only; pairs with a user or item unseen in training fall back to the ALS bias baseline.
+    """Item-based AutoRec (I-AutoRec) for explicit ratings, an autoencoder over each item's user ratings.
+
+    ``r_i -> W sigmoid(V r_i + mu) + b`` with the squared error on observed ratings only; pairs with a user or
+    item unseen in training fall back to the ALS bias baseline.
 
     Every step encodes and decodes all items (two products the size of the rating matrix), so full or large
     batches suit it;
