@@ -41,10 +41,10 @@ from zoo.models.neumf import ranking_metrics, update_ranking  # noqa: E402
 ML = ("movielens", "ml-100k")
 
 
-def run_zoo(recipe_name: str, data_dir: str, runs: Path, *extra: str) -> dict:
+def run_zoo(recipe: str, data_dir: str, runs: Path, *extra: str) -> dict:
     """One ``train.py -c recipe`` run in this process; its metrics.json."""
     before = set(runs.rglob("metrics.json"))
-    args = ["-c", str(REPO / "recipes" / recipe_name), "--data-dir", data_dir, "--runs-dir", str(runs),
+    args = ["-c", str(recipe_path(recipe)), "--data-dir", data_dir, "--runs-dir", str(runs),
             "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", *extra]
     if zoo_main(args) != 0:
         raise SystemExit(f"train.py {' '.join(args)} failed")
@@ -53,7 +53,8 @@ def run_zoo(recipe_name: str, data_dir: str, runs: Path, *extra: str) -> dict:
 
 
 def explicit(data_dir: str, folds: list[int], models: list[str], runs: Path) -> None:
-    """Each zoo model's recipe and Surprise's SVD and BaselineOnly on every fold; rows to bench_recsys.json."""
+    """Each zoo model's recipe and Surprise's SVD and BaselineOnly on every fold: one row per fold and model in
+    bench_recsys.json (a run of some models or folds keeps the others' rows)."""
     from surprise import SVD, BaselineOnly, Dataset, Reader, accuracy
     from surprise.model_selection import PredefinedKFold
 
@@ -61,43 +62,44 @@ def explicit(data_dir: str, folds: list[int], models: list[str], runs: Path) -> 
     reader = Reader(line_format="user item rating timestamp", sep="\t")
     rows = []
     for k in folds:
-        row: dict = {"part": "explicit", "fold": k, "threads": torch.get_num_threads()}
+        fold = []
         for name in models:
             start = time.perf_counter()
-            m = run_zoo(f"{name}_ml100k.yaml", data_dir, runs, f"--data.fold={k}")
-            row |= {f"{name}_rmse": m["test/rmse"], f"{name}_mae": m["test/mae"],
-                    f"{name}_s": round(time.perf_counter() - start, 1), f"{name}_epochs": m["epochs"],
-                    "bias_rmse": m["test/bias_rmse"], "mean_rmse": m["test/global_mean_rmse"],
-                    "unseen_items": m["test/unseen_items"]}
+            m = run_zoo(f"{name}_ml100k", data_dir, runs, f"--data.fold={k}")
+            fold.append({"model": name, "rmse": m["test/rmse"], "mae": m["test/mae"],
+                         "s": round(time.perf_counter() - start, 1), "epochs": m["epochs"],
+                         "bias_rmse": m["test/bias_rmse"], "mean_rmse": m["test/global_mean_rmse"],
+                         "unseen_items": m["test/unseen_items"]})
         data = Dataset.load_from_folds([(str(root / f"u{k}.base"), str(root / f"u{k}.test"))], reader)
         train, test = next(PredefinedKFold().split(data))
         for name, algo in (("svd", SVD(random_state=0)), ("baseline", BaselineOnly(verbose=False))):
             start = time.perf_counter()
             algo.fit(train)
             pred = algo.test(test)
-            seconds = round(time.perf_counter() - start, 1)
-            row |= {f"{name}_rmse": accuracy.rmse(pred, verbose=False),
-                    f"{name}_mae": accuracy.mae(pred, verbose=False), f"{name}_s": seconds}
-        rows.append(row)
-        print(f"fold {k}: " + " | ".join(f"{name} RMSE {row[name + '_rmse']:.4f} MAE {row[name + '_mae']:.4f} "
-                                         f"({row[name + '_s']:.1f} s)" for name in [*models, "svd", "baseline"])
-              + f" | zoo bias baseline {row['bias_rmse']:.4f}, global mean {row['mean_rmse']:.4f} | load {load()}",
-              flush=True)
-    mean = {key: statistics.mean(r[key] for r in rows) for key in rows[0] if key not in ("part", "fold", "threads")}
+            fold.append({"model": name, "rmse": accuracy.rmse(pred, verbose=False),
+                         "mae": accuracy.mae(pred, verbose=False), "s": round(time.perf_counter() - start, 1)})
+        rows += [{"part": "explicit", "fold": k, **r, "threads": torch.get_num_threads()} for r in fold]
+        print(f"fold {k}: " + " | ".join(f"{r['model']} RMSE {r['rmse']:.4f} MAE {r['mae']:.4f} ({r['s']:.1f} s)"
+                                         for r in fold)
+              + f" | zoo bias baseline {fold[0]['bias_rmse']:.4f}, global mean {fold[0]['mean_rmse']:.4f} | "
+              f"load {load()}", flush=True)
+    names = [*models, "svd", "baseline"]
+    mean = {name: {key: statistics.mean(r[key] for r in rows if r["model"] == name) for key in ("rmse", "mae")}
+            for name in names}
     print(f"mean over folds {folds}: " + " | ".join(
-        f"{name} RMSE {mean[name + '_rmse']:.4f} MAE {mean[name + '_mae']:.4f}, "
-        f"{sum(r[name + '_s'] for r in rows):.0f} s" for name in [*models, "svd", "baseline"])
-        + " | RMSE ratio to SVD: "
-        + ", ".join(f"{name} {mean[name + '_rmse'] / mean['svd_rmse']:.3f}" for name in models)
+        f"{name} RMSE {mean[name]['rmse']:.4f} MAE {mean[name]['mae']:.4f}, "
+        f"{sum(r['s'] for r in rows if r['model'] == name):.0f} s" for name in names)
+        + " | RMSE ratio to SVD: " + ", ".join(f"{name} {mean[name]['rmse'] / mean['svd']['rmse']:.3f}"
+                                               for name in models)
         + " (published Surprise 5-fold: SVD 0.934, BaselineOnly 0.944)")
-    out = write_rows(REPO / "benchmarks" / "results" / "bench_recsys.json", rows, ("part", "fold"))
+    out = write_rows(REPO / "benchmarks" / "results" / "bench_recsys.json", rows, ("part", "fold", "model"))
     print(f"rows: {out}")
 
 
 def implicit_part(data_dir: str, runs: Path) -> None:
     cfg = load_recipe(recipe_path("neumf_ml100k"), "neumf")
     start = time.perf_counter()
-    m = run_zoo("neumf_ml100k.yaml", data_dir, runs)
+    m = run_zoo("neumf_ml100k", data_dir, runs)
     k = cfg["model"].get("k", 10)
     names = [f"hit_rate@{k}", f"ndcg@{k}", f"precision@{k}", f"recall@{k}", f"full_ndcg@{k}"]
     table = {"neumf": [m[f"test/{n}"] for n in names], "popularity": [m[f"test/pop_{n}"] for n in names]}

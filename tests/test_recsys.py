@@ -17,8 +17,8 @@ from zoo.errors import ZooUserError
 from zoo.inference import load_zoo_checkpoint
 from zoo.models.autorec import AutoRec
 from zoo.models.mf import MatrixFactorization
-from zoo.models.recommender import fit_biases
 from zoo.models.neumf import NeuMF, ranking_metrics, update_ranking
+from zoo.models.recommender import fit_biases
 
 
 def _ml100k(folder: Path, folds: int = 2) -> pd.DataFrame:

@@ -35,8 +35,8 @@ class AutoRec(ExplicitRatingsMixin, ZooModule):
     item unseen in training fall back to the ALS bias baseline.
 
     Every step encodes and decodes all items (two products the size of the rating matrix), so full or large
-    batches suit it;
-    ``recipes/autorec_ml100k.yaml`` trains on the whole fold in one batch per epoch, as the paper does.
+    batches suit it; ``recipes/autorec_ml100k.yaml`` trains on the whole fold in one batch per epoch, as the
+    paper does.
 
     Args:
         num_users / num_items: filled in from the DataModule by the CLI.
@@ -74,23 +74,20 @@ class AutoRec(ExplicitRatingsMixin, ZooModule):
         self.ratings_matrix.zero_().index_put_((items, users), ratings.to(self.ratings_matrix.dtype))
         self.num_ratings.fill_(len(ratings))
 
-    def item_codes(self) -> torch.Tensor:
-        """The hidden code of every item [num_items, hidden]."""
+    def item_embeddings(self) -> torch.Tensor:
+        """The hidden code of every item [num_items, hidden] (similar items and the item map use it)."""
         return torch.sigmoid(self.encoder(self.ratings_matrix))
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Predicted ratings (unclipped) for pairs of user and item indices (-1: unseen in training)."""
-        reconstructed = self.decoder(self.item_codes())[items.clamp(min=0), users.clamp(min=0)]
+        reconstructed = self.decoder(self.item_embeddings())[items.clamp(min=0), users.clamp(min=0)]
         return torch.where((users >= 0) & (items >= 0), reconstructed, self.baseline(users, items))
 
     def score_all(self, users: torch.Tensor) -> torch.Tensor:
         """Predicted ratings of every item for each user [B, num_items] (an unknown user: the item baseline)."""
-        reconstructed = self.decoder(self.item_codes())[:, users.clamp(min=0)].T
+        reconstructed = self.decoder(self.item_embeddings())[:, users.clamp(min=0)].T
         fallback = self.global_mean + self.baseline_item[None]
         return torch.where((users >= 0)[:, None], reconstructed, fallback)
-
-    def item_embeddings(self) -> torch.Tensor:
-        return self.item_codes()
 
     def export_notes(self, out_dir: Path) -> str:
         return ("input0 / input1 = user / item indices (int64) in the order of the checkpoint's user_ids / "
