@@ -44,6 +44,12 @@ def load_recipe(path: str | Path, model: str | None = None) -> dict[str, Any]:
     return cfg
 
 
+def given(**values: Any) -> dict[str, Any]:
+    """The command-line values that were given (not None), to lay over a recipe section:
+    ``{**cfg["model"], **given(lr=args.lr)}``."""
+    return {k: v for k, v in values.items() if v is not None}
+
+
 def trainer_settings(cfg: dict[str, Any], *also_fixed: str) -> dict[str, Any]:
     """The recipe's trainer section without what the benchmark's Trainer sets itself (``BENCH_TRAINER`` and
     ``also_fixed``): the budget, validation and logging settings that make the row."""

@@ -26,14 +26,15 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
 from zoo.cli import main as zoo_main
 from zoo.datamodules.audio import FSDDDataModule
 from zoo.models.audio_cnn import AudioCNN
 
+from _recipes import load_recipe, recipe_path
+
 REPO = Path(__file__).resolve().parents[1]
-RECIPE = REPO / "recipes" / "audio_cnn_fsdd.yaml"
+RECIPE = recipe_path("audio_cnn_fsdd")
 SPEAKERS = ("george", "jackson", "lucas", "nicolas", "theo", "yweweler")
 
 
@@ -82,7 +83,7 @@ def loso(args: argparse.Namespace, tmp: Path) -> None:
 
 
 def throughput(args: argparse.Namespace) -> None:
-    cfg = yaml.safe_load(RECIPE.read_text())
+    cfg = load_recipe(RECIPE, model="audio_cnn")
     dm = FSDDDataModule(data_dir=args.data_dir, **{**cfg["data"], "augment": False})
     dm.setup()
     x, y = dm.splits["train"]

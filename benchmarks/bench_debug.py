@@ -29,6 +29,8 @@ from zoo.cli import main as zoo_main
 from zoo.datamodules.images import MNISTDataModule
 from zoo.models.base import ClassifierModule
 
+from _recipes import recipe_path
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -76,8 +78,11 @@ def demo(data_dir: str, kind: str, lr: float, steps: int, out: Path | None) -> l
 
 
 def step_time(model: str, data_dir: str, debug: bool, batches: int, extra: list[str]) -> float:
+    """Seconds per training step of ``model`` on MNIST, the ``--debug-stats`` callbacks on or off. The CNN trains
+    ``recipes/cnn_mnist.yaml``; ResNet-18 has no MNIST recipe and trains its defaults with ``extra``."""
+    config = ["-c", str(recipe_path("cnn_mnist"))] if model == "cnn" else ["--model", model, "--data", "mnist"]
     with tempfile.TemporaryDirectory() as tmp:
-        args = ["--model", model, "--data", "mnist", "--data-dir", data_dir, "--max-epochs", "1", "--runs-dir", tmp,
+        args = [*config, "--data-dir", data_dir, "--max-epochs", "1", "--runs-dir", tmp,
                 "--trainer.limit_train_batches", str(batches), "--trainer.limit_val_batches", "0",
                 "--trainer.limit_test_batches", "1",
                 "--no-early-stopping", *extra] + (["--debug-stats"] if debug else [])

@@ -31,11 +31,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _recipes import load_recipe
+from _recipes import load_recipe, recipe_path
 
 REPO = Path(__file__).resolve().parents[1]
-RECIPES = {"mnist": REPO / "recipes" / "detector_mnist_detection.yaml",
-           "raccoon": REPO / "recipes" / "detector_raccoon.yaml"}
+RECIPES = {"mnist": recipe_path("detector_mnist_detection"),
+           "raccoon": recipe_path("detector_raccoon")}
 RESULTS = REPO / "benchmarks" / "results"
 #: Per (part, arch) model settings added to the recipe when another arch runs on the same data: the digits are
 #: 21-42 px, so the anchor-based archs get anchors from 16 px (torchvision's start at 32, for COCO at 800 px).

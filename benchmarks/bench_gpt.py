@@ -30,23 +30,20 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
-import yaml
 
 from zoo.cli import main as zoo_main
 from zoo.datamodules.language import LanguageDataModule, RandomBlockLoader
 from zoo.models.gpt import GPT, warmup_cosine
 
+from _recipes import load_recipe, recipe_path
+
 REPO = Path(__file__).resolve().parents[1]
-RECIPE = REPO / "recipes" / "gpt_tinyshakespeare.yaml"
+RECIPE = recipe_path("gpt_tinyshakespeare")
 NANOGPT_VAL_LOSS = 1.88  # nanoGPT README, baby GPT on CPU, same budget
 
 
 def loadavg() -> str:
     return Path("/proc/loadavg").read_text().split(" tid")[0].strip()
-
-
-def recipe(path: Path) -> dict[str, Any]:
-    return yaml.safe_load(path.read_text())
 
 
 def plain_loop(cfg: dict[str, Any], data_dir: str, steps: int) -> dict[str, float]:
@@ -103,11 +100,11 @@ def plain_loop(cfg: dict[str, Any], data_dir: str, steps: int) -> dict[str, floa
             "val_tokens": len(dm.splits["val"]), "test_tokens": len(dm.splits["test"])}
 
 
-def zoo_run(recipe_path: Path, data_dir: str, threads: int, steps: int) -> dict[str, Any]:
-    cfg = recipe(recipe_path)
+def zoo_run(recipe: Path, data_dir: str, threads: int, steps: int) -> dict[str, Any]:
+    cfg = load_recipe(recipe, model="gpt")
     tokens = steps * cfg["data"]["batch_size"] * cfg["data"]["block_size"]
     with tempfile.TemporaryDirectory() as runs:
-        code = zoo_main(["-c", str(recipe_path), "--data-dir", data_dir, "--runs-dir", runs, "--threads", str(threads),
+        code = zoo_main(["-c", str(recipe), "--data-dir", data_dir, "--runs-dir", runs, "--threads", str(threads),
                          "--trainer.max_steps", str(steps), "--trainer.enable_progress_bar", "false",
                          "--trainer.enable_model_summary", "false"])
         assert code == 0, f"train.py exited with {code}"
@@ -121,7 +118,7 @@ def zoo_run(recipe_path: Path, data_dir: str, threads: int, steps: int) -> dict[
 
 
 def quality(args: argparse.Namespace) -> None:
-    cfg = recipe(args.recipe)
+    cfg = load_recipe(args.recipe, model="gpt")
     steps = cfg["trainer"]["max_steps"]
     print(f"threads {torch.get_num_threads()}, loadavg before: {loadavg()}")
     zoo = zoo_run(args.recipe, args.data_dir, args.threads, steps)
@@ -144,7 +141,7 @@ def quality(args: argparse.Namespace) -> None:
 
 
 def throughput(args: argparse.Namespace) -> None:
-    cfg = recipe(args.recipe)
+    cfg = load_recipe(args.recipe, model="gpt")
     print(f"threads {torch.get_num_threads()}, loadavg before: {loadavg()}")
     # untimed one-epoch warm-ups: one-off costs (kernel JIT, lazy imports) fall on neither timed run. Whole epochs:
     # a max_steps that stops mid-epoch skips that epoch's validation and EarlyStopping then finds no val/loss

@@ -28,10 +28,11 @@ import torch
 
 from zoo.cli import main as zoo_main
 
+from _recipes import recipe_path
 from _results import write_rows
 
 REPO = Path(__file__).resolve().parents[1]
-RECIPE = REPO / "recipes" / "ssl_mnist_100_labels.yaml"
+RECIPE = recipe_path("ssl_mnist_100_labels")
 METHODS = ("fixmatch", "pseudo_label", "mean_teacher")
 
 

@@ -36,7 +36,7 @@ from zoo.datamodules.style import StylePairDataModule  # noqa: E402
 from zoo.models.fast_style import TransformerNet  # noqa: E402
 from zoo.models.style_transfer import StyleTransfer  # noqa: E402
 
-from _recipes import load_recipe, recipe_path  # noqa: E402
+from _recipes import given, load_recipe, recipe_path  # noqa: E402
 
 LARGE = (512, 2)  # the README's second Gatys size and its steps, after the recipe's own
 
@@ -123,8 +123,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = p.parse_args()
     cfg = load_recipe(args.recipe, model="style_transfer")
-    cfg["model"].update({k: v for k, v in (("arch", args.arch), ("lbfgs_iters", args.lbfgs_iters),
-                                           ("pretrained", args.pretrained)) if v is not None})
+    cfg["model"].update(given(arch=args.arch, lbfgs_iters=args.lbfgs_iters, pretrained=args.pretrained))
     if args.style is not None:
         cfg["data"]["style"] = str(Path("style") / args.style)
     args.sizes = args.sizes or [cfg["data"].get("size", 256), LARGE[0]]

@@ -34,8 +34,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-RECIPES = {"mlp": REPO / "recipes" / "mlp_california_housing.yaml",
-           "resnet": REPO / "recipes" / "mlp_resnet_california_housing.yaml"}
+from _recipes import load_recipe, recipe_path  # noqa: E402
+
+RECIPES = {"mlp": recipe_path("mlp_california_housing"),
+           "resnet": recipe_path("mlp_resnet_california_housing")}
 REFERENCE = {"mlp": 0.499, "resnet": 0.486}
 GOAL = 0.480
 BUNDLED = ("diabetes", "breast_cancer", "wine", "linnerud")
@@ -58,11 +60,9 @@ def train(cli_args: list[str], root: Path) -> dict:
 
 
 def recipe_datamodule(recipe: Path, data_dir: str):
-    import yaml
-
     from zoo.datamodules.tabular import TabularDataModule
 
-    dm = TabularDataModule(data_dir=data_dir, **yaml.safe_load(recipe.read_text())["data"])
+    dm = TabularDataModule(data_dir=data_dir, **load_recipe(recipe, model="mlp")["data"])
     dm.setup()
     return dm
 

@@ -1,9 +1,9 @@
 """The CPU thread policy of ``train.py`` on a quiet and on a busy machine.
 
-One fixed workload (the zoo CNN on real MNIST, ``--trainer.limit_train_batches N``, one epoch) runs as a fresh
-``train.py`` process under each policy: OpenMP's default (idle threads spin), ``OMP_WAIT_POLICY=PASSIVE``
-(idle threads sleep at once), a short spin (``GOMP_SPINCOUNT=10000``: libgomp spins briefly, then sleeps) and
-one thread (``--threads 1``).
+One fixed workload (the zoo CNN on real MNIST, ``recipes/cnn_mnist.yaml`` for one epoch of
+``--trainer.limit_train_batches N``) runs as a fresh ``train.py`` process under each policy: OpenMP's default
+(idle threads spin), ``OMP_WAIT_POLICY=PASSIVE`` (idle threads sleep at once), a short spin
+(``GOMP_SPINCOUNT=10000``: libgomp spins briefly, then sleeps) and one thread (``--threads 1``).
 "busy" starts ``--load`` processes of pure-Python busy loops beside it (the other jobs of a shared machine).
 Prints seconds per policy and the ratio to the spinning default.
 
@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _recipes import recipe_path
+
 REPO = Path(__file__).resolve().parents[1]
 POLICIES = {"active (OpenMP default)": ({"OMP_WAIT_POLICY": "ACTIVE"}, []),
             "passive": ({"OMP_WAIT_POLICY": "PASSIVE"}, []),
@@ -36,7 +38,7 @@ def _spin(stop: float) -> None:
 def timed_run(data_dir: str, batches: int, env: dict[str, str], extra: list[str]) -> float:
     env = {**{k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}, **env}
     with tempfile.TemporaryDirectory() as tmp:
-        args = [sys.executable, "train.py", "--model", "cnn", "--data", "mnist", "--data-dir", data_dir,
+        args = [sys.executable, "train.py", "-c", str(recipe_path("cnn_mnist")), "--data-dir", data_dir,
                 "--max-epochs", "1", "--trainer.limit_train_batches", str(batches), "--trainer.limit_val_batches", "20",
                 "--trainer.limit_test_batches", "1", "--no-early-stopping", "--runs-dir", tmp, *extra]
         subprocess.run(args, cwd=REPO, env=env, check=True, capture_output=True)

@@ -45,12 +45,7 @@ from zoo.datamodules.images import FashionMNISTDataModule, MNISTDataModule  # no
 from zoo.models.backbones import adapt_stem  # noqa: E402
 from zoo.models.transfer import TransferClassifier  # noqa: E402
 
-from _recipes import load_recipe, recipe_path, trainer_settings  # noqa: E402
-
-def given(**values: Any) -> dict[str, Any]:
-    """The command-line values that were given (not None): they override the recipe's."""
-    return {k: v for k, v in values.items() if v is not None}
-
+from _recipes import given, load_recipe, recipe_path, trainer_settings  # noqa: E402
 
 def model_kw(cfg: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     """The recipe's model section with ``--stem-stride`` / ``--lr`` applied."""

@@ -23,12 +23,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from _recipes import recipe_path
 from _results import write_rows
 
 REPO = Path(__file__).resolve().parents[1]
-RECIPES = {task: REPO / "recipes" / f"{name}.yaml"
-           for task, name in (("cnn", "cnn_fashion_mnist_4k"), ("mlp", "mlp_california_housing"))}
-SPACES = {task: REPO / "recipes" / "spaces" / recipe.name for task, recipe in RECIPES.items()}
+RECIPES = {"cnn": recipe_path("cnn_fashion_mnist_4k"), "mlp": recipe_path("mlp_california_housing")}
+SPACES = {task: recipe.parent / "spaces" / recipe.name for task, recipe in RECIPES.items()}
 METRICS = {"cnn": ("val/acc", "max", "test/acc"), "mlp": ("val/rmse", "min", "test/rmse")}
 
 

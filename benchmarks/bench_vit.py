@@ -22,10 +22,11 @@ import torch
 
 from zoo.cli import main as zoo_main
 
+from _recipes import recipe_path
 from _results import write_rows
 
 REPO = Path(__file__).resolve().parents[1]
-RECIPE = REPO / "recipes" / "vit_fashion_mnist.yaml"
+RECIPE = recipe_path("vit_fashion_mnist")
 TARGETS = {"fashion_mnist": 92.0, "mnist": 99.0}
 
 

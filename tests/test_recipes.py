@@ -17,10 +17,10 @@ RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
 SPACES = sorted((REPO / "recipes" / "spaces").glob("*.yaml"))
 
 
-def _printed_config(capsys: pytest.CaptureFixture[str], recipe: Path) -> dict:
-    """``train.py -c recipe --print_config``: the configuration train.py would run, as a dict."""
+def _printed_config(capsys: pytest.CaptureFixture[str], recipe: Path | None, *args: str) -> dict:
+    """``train.py [-c recipe] [args] --print_config``: the configuration train.py would run, as a dict."""
     with pytest.raises(SystemExit) as exit_info:
-        main(["-c", str(recipe), "--print_config"])
+        main([*(["-c", str(recipe)] if recipe else []), *args, "--print_config"])
     out, err = capsys.readouterr()
     assert exit_info.value.code in (0, None), err
     return yaml.safe_load(out)
@@ -35,6 +35,14 @@ def test_every_recipe_parses_with_all_its_values(recipe: Path, capsys: pytest.Ca
     for section in ("model", "data", "trainer"):
         for key, value in (wanted.get(section) or {}).items():
             assert got[section][key] == value, f"{recipe.name}: {section}.{key}"
+
+
+def test_cnn_mnist_recipe_is_the_cnn_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    """bench_threads and bench_debug time "the MNIST CNN" through this recipe; the README calls it the defaults."""
+    recipe = _printed_config(capsys, REPO / "recipes" / "cnn_mnist.yaml")
+    defaults = _printed_config(capsys, None, "--model", "cnn", "--data", "mnist")
+    assert recipe["zoo"] == defaults["zoo"] and recipe["seed_everything"] == defaults["seed_everything"]
+    assert recipe["model"] == defaults["model"] and recipe["data"] == defaults["data"]
 
 
 @pytest.mark.parametrize("space", SPACES, ids=lambda p: p.stem)
