@@ -7,7 +7,7 @@ epochs reached and training seconds of each, with ``/proc/loadavg``; the ViT's a
 copied to ``benchmarks/results/vit_<data>_attention.png``. Each (model, data) pair is one run, so one
 command can do one pair (``--datasets fashion_mnist --models vit``) and stay short.
 
-    python benchmarks/bench_vit.py --data-dir ../shared/data --threads 1 --budget-min 55 --datasets fashion_mnist
+    python benchmarks/bench_vit.py --data-dir ../shared/data --threads 2 --budget-min 90 --datasets fashion_mnist
     python benchmarks/bench_vit.py --data-dir ../shared/data --threads 1 --budget-min 22 --epochs 10 --datasets mnist
 """
 from __future__ import annotations
@@ -58,7 +58,7 @@ def main() -> None:
     parser.add_argument("--recipe", type=Path, default=RECIPE)
     parser.add_argument("--datasets", nargs="+", default=["fashion_mnist", "mnist"], choices=sorted(TARGETS))
     parser.add_argument("--models", nargs="+", default=["vit", "cnn"], choices=["vit", "cnn"])
-    parser.add_argument("--budget-min", type=int, default=55, help="training minutes per (model, data) run")
+    parser.add_argument("--budget-min", type=int, default=90, help="training minutes per (model, data) run")
     parser.add_argument("--epochs", type=int, default=None, help="ViT epochs instead of the recipe's (size the budget)")
     parser.add_argument("--cnn-epochs", type=int, default=8, help="CNN epochs (sized to the budget; max_time caps it)")
     parser.add_argument("--seed", type=int, default=42)
