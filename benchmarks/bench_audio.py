@@ -33,7 +33,6 @@ from zoo.models.audio_cnn import AudioCNN
 
 from _recipes import load_recipe, recipe_path
 
-REPO = Path(__file__).resolve().parents[1]
 RECIPE = recipe_path("audio_cnn_fsdd")
 SPEAKERS = ("george", "jackson", "lucas", "nicolas", "theo", "yweweler")
 
