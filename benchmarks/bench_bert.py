@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO))  # run from a checkout without installing
 from zoo.datamodules.text import SST2DataModule  # noqa: E402
 from zoo.models.bert import BertClassifier  # noqa: E402
 
-from _recipes import given, load_recipe, max_time_seconds, recipe_path, trainer_settings  # noqa: E402
+from _recipes import load_recipe, max_time_seconds, recipe_path, trainer_settings  # noqa: E402
 
 RECIPE = recipe_path("bert_sst2")
 
@@ -181,7 +181,9 @@ def main() -> None:
     recipe = {"batch_size": cfg["data"].get("batch_size", 32), "max_length": cfg["data"].get("max_length", 64),
               "lr": cfg["model"].get("lr"), "val_batches": cfg["trainer"].get("limit_val_batches"),
               "seed": cfg["seed_everything"], "budget_s": max_time_seconds(cfg["trainer"].get("max_time")) or 900.0}
-    vars(args).update({**recipe, **given(**{key: getattr(args, key) for key in recipe})})
+    for key, value in recipe.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", ".*(does not have many workers|eval mode|max_time).*")
     L.seed_everything(args.seed, verbose=False)

@@ -47,6 +47,7 @@ from zoo.models.transfer import TransferClassifier  # noqa: E402
 
 from _recipes import given, load_recipe, recipe_path, trainer_settings  # noqa: E402
 
+
 def model_kw(cfg: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     """The recipe's model section with ``--stem-stride`` / ``--lr`` applied."""
     return {**cfg["model"], **given(stem_stride=args.stem_stride, lr=args.lr)}
