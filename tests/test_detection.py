@@ -15,6 +15,7 @@ from zoo.datamodules._detection_formats import (Record, detect_format, read_anno
                                                 write_voc, write_yolo)
 from zoo.datamodules.detection import DetectionDataModule, DetectionScenesDataModule, MNISTDetectionDataModule
 from zoo.errors import ZooUserError
+from zoo.models._detection_nets import pr_curve_figure
 from zoo.models.detector import Detector, _map_metric, central_box
 
 TINY_NET = dict(min_size=64, max_size=64, fpn_channels=32, proposals=32, rois_per_image=16, box_head_dim=32,
@@ -265,3 +266,14 @@ def test_weights_policy_offline_and_local_files(tmp_path: Path) -> None:
     with pytest.raises(ZooUserError, match="fit only"):
         Detector(arch="ssdlite", backbone="mobilenet_v3_large", image_size=64,
                  **{**TINY_NET, "weights": str(tmp_path / "w.pt")})
+
+
+def test_pr_curve_leaves_out_classes_without_ground_truth() -> None:
+    """torchmetrics marks a class with no ground truth by -1; it gets no curve and does not pull the mean down."""
+    precision = torch.full((10, 101, 3, 4, 3), -1.0)  # (IoU thresholds, recall, classes, areas, max detections)
+    precision[0, :, 0, 0, -1], precision[0, :, 1, 0, -1] = 1.0, 0.5
+    (ax,) = pr_curve_figure(precision, ["cat", "dog", "fish"]).axes
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert set(lines) == {"cat", "dog", "mean"}
+    assert np.allclose(lines["mean"].get_ydata(), 0.75)
+    assert ax.get_xlabel() == "recall" and ax.get_ylabel() == "precision"

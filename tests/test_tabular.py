@@ -15,6 +15,7 @@ from zoo.cli import main
 from zoo.datamodules._tabular_prep import TablePrep, infer_columns, infer_task
 from zoo.datamodules.tabular import TabularDataModule
 from zoo.errors import ZooUserError
+from zoo.models._tabular_report import plot_importance
 from zoo.models.mlp import TabularMLP
 
 
@@ -233,3 +234,13 @@ def test_bundled_tables_and_parquet(tmp_path: Path) -> None:
     make_table().to_parquet(tmp_path / "t.parquet")
     dm = TabularDataModule(path=str(tmp_path / "t.parquet"), target="tier", drop=["price", "size", "sold", "l1", "l2"])
     assert dm.task == "multiclass" and dm.cardinalities == [5]
+
+
+def test_importance_plot_shows_the_top_columns_most_important_first() -> None:
+    scores = torch.tensor([0.1, 0.5, -0.2, 0.3, 0.05])
+    fig = plot_importance(scores, ["a", "b", "c", "d", "e"], "RMSE increase", top=3)
+    (ax,) = fig.axes
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert labels[::-1] == ["b", "d", "a"]  # barh draws the first label at the bottom
+    assert [bar.get_width() for bar in ax.patches][::-1] == pytest.approx([0.5, 0.3, 0.1])
+    assert ax.get_xlabel() == "RMSE increase" and ax.get_title()
