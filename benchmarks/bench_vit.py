@@ -2,13 +2,14 @@
 same budget (both through ``train.py``, Lightning's ``max_time`` as the hard stop).
 
 The ViT runs ``recipes/vit_fashion_mnist.yaml`` (its epoch count is sized to the budget on 2 cores; ``--data
-mnist`` swaps the data set); the CNN runs its defaults with ``--cnn-epochs`` epochs. Prints test accuracy,
-epochs reached and training seconds of each, with ``/proc/loadavg``; the ViT's attention-map artifact is
-copied to ``benchmarks/results/vit_<data>_attention.png``. Each (model, data) pair is one run, so one
-command can do one pair (``--datasets fashion_mnist --models vit``) and stay short.
+mnist`` swaps the data set); the CNN runs its defaults with ``--cnn-epochs`` epochs. Prints test and
+validation accuracy, epochs reached and training seconds of each, with ``/proc/loadavg``; the ViT's
+attention-map artifact is copied to ``benchmarks/results/vit_<data>_attention.png``. Each (model, data) pair
+is one run, so one command can do one pair (``--datasets fashion_mnist --models vit``) and stay short.
 
     python benchmarks/bench_vit.py --data-dir ../shared/data --threads 2 --budget-min 90 --datasets fashion_mnist
-    python benchmarks/bench_vit.py --data-dir ../shared/data --threads 1 --budget-min 22 --epochs 10 --datasets mnist
+    python benchmarks/bench_vit.py --data-dir ../shared/data --threads 1 --budget-min 22 --epochs 10 --datasets mnist \
+        --pooling cls
 """
 from __future__ import annotations
 
@@ -39,7 +40,8 @@ def run(model: str, data: str, args: argparse.Namespace) -> dict[str, float]:
     common = ["--data", data, "--data-dir", args.data_dir, "--threads", str(args.threads), "--seed", str(args.seed),
               "--trainer.max_time", budget, "--trainer.enable_progress_bar", "false",
               "--trainer.enable_model_summary", "false"]
-    vit = ["-c", str(args.recipe)] + (["--max-epochs", str(args.epochs)] if args.epochs else [])
+    vit = ["-c", str(args.recipe), *(["--max-epochs", str(args.epochs)] if args.epochs else []),
+           *(["--model.pooling", args.pooling] if args.pooling else [])]
     specific = vit if model == "vit" else ["--model", "cnn", "--max-epochs", str(args.cnn_epochs)]
     with tempfile.TemporaryDirectory() as runs:
         assert zoo_main([*specific, *common, "--runs-dir", runs]) == 0, f"train.py failed for {model} on {data}"
@@ -48,8 +50,8 @@ def run(model: str, data: str, args: argparse.Namespace) -> dict[str, float]:
         maps = sorted((folder / "artifacts").glob("attention_maps_step*.png"))
         if maps:
             shutil.copy(maps[-1], REPO / "benchmarks" / "results" / f"vit_{data}_attention.png")
-    return {"acc": 100 * metrics["test/acc"], "epochs": metrics["epochs"], "train_s": metrics["train_time_s"],
-            "steps": metrics["global_step"]}
+    return {"acc": 100 * metrics["test/acc"], "val_acc": 100 * metrics["val/acc"], "epochs": metrics["epochs"],
+            "train_s": metrics["train_time_s"], "steps": metrics["global_step"]}
 
 
 def main() -> None:
@@ -60,6 +62,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["vit", "cnn"], choices=["vit", "cnn"])
     parser.add_argument("--budget-min", type=int, default=90, help="training minutes per (model, data) run")
     parser.add_argument("--epochs", type=int, default=None, help="ViT epochs instead of the recipe's (size the budget)")
+    parser.add_argument("--pooling", choices=["cls", "mean"], default=None, help="ViT pooling instead of the recipe's")
     parser.add_argument("--cnn-epochs", type=int, default=8, help="CNN epochs (sized to the budget; max_time caps it)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--threads", type=int, default=1)
@@ -71,8 +74,9 @@ def main() -> None:
         for model in args.models:
             r = run(model, data, args)
             rows.append((data, model, r))
-            print(f"{data:14} {model:4} test acc {r['acc']:6.2f} % (target {TARGETS[data]} %), {r['epochs']} epochs "
-                  f"/ {r['steps']} steps, {r['train_s']:.0f} s training  (loadavg {loadavg()})", flush=True)
+            print(f"{data:14} {model:4} test acc {r['acc']:6.2f} % (target {TARGETS[data]} %), val {r['val_acc']:.2f} "
+                  f"%, {r['epochs']} epochs / {r['steps']} steps, {r['train_s']:.0f} s training (loadavg {loadavg()})",
+                  flush=True)
     print("\ndata           model  test acc  epochs  train s")
     for data, model, r in rows:
         print(f"{data:14} {model:5} {r['acc']:8.2f}  {r['epochs']:6}  {r['train_s']:7.0f}")
