@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+import yaml
 
 from zoo.cli import main as zoo_main
 
@@ -35,7 +36,7 @@ def loadavg() -> str:
     return Path("/proc/loadavg").read_text().split(" tid")[0].strip()
 
 
-def run(model: str, data: str, args: argparse.Namespace) -> dict[str, float]:
+def run(model: str, data: str, args: argparse.Namespace) -> dict[str, float | str]:
     budget = f"00:{args.budget_min // 60:02d}:{args.budget_min % 60:02d}:00"  # DD:HH:MM:SS
     common = ["--data", data, "--data-dir", args.data_dir, "--threads", str(args.threads), "--seed", str(args.seed),
               "--trainer.max_time", budget, "--trainer.enable_progress_bar", "false",
@@ -50,8 +51,10 @@ def run(model: str, data: str, args: argparse.Namespace) -> dict[str, float]:
         maps = sorted((folder / "artifacts").glob("attention_maps_step*.png"))
         if maps:
             shutil.copy(maps[-1], REPO / "benchmarks" / "results" / f"vit_{data}_attention.png")
+        ran = yaml.safe_load((folder / "config.yaml").read_text())["model"]  # what the run trained, overrides included
     return {"acc": 100 * metrics["test/acc"], "val_acc": 100 * metrics["val/acc"], "epochs": metrics["epochs"],
-            "train_s": metrics["train_time_s"], "steps": metrics["global_step"]}
+            "train_s": metrics["train_time_s"], "steps": metrics["global_step"],
+            **({"pooling": ran["pooling"]} if model == "vit" else {})}
 
 
 def main() -> None:
