@@ -40,10 +40,29 @@ def _finished(db: Path) -> int:
 def test_a_small_study_writes_best_yaml_that_reruns(tmp_path: Path, capsys) -> None:
     study = tmp_path / "study"
     assert main(["tune", *RUN, "--space", _space(tmp_path), "--trials", "4", "--output-dir", str(study)]) == 0
-    assert "best val/acc" in capsys.readouterr().out and _finished(study / "study.db") == 4
+    out = capsys.readouterr().out
+    assert "best val/acc" in out and "its test: test/acc = " in out and _finished(study / "study.db") == 4
     assert len(list(study.glob("trial-*/config.yaml"))) >= 4
     assert (study / "optimization_history.png").is_file()
     assert main(["-c", str(study / "best.yaml"), "--runs-dir", str(tmp_path / "again")]) == 0
+
+
+def test_only_the_best_trial_is_tested_once_the_study_ends(tmp_path: Path) -> None:
+    study = tmp_path / "study"
+    args = ["tune", *RUN, "--space", _space(tmp_path), "--trials", "3", "--pruner", "none"]
+    assert main([*args, "--output-dir", str(study)]) == 0
+    runs = {p.parent: json.loads(p.read_text()) for p in study.glob("trial-*/metrics.json")}
+    tested = [run for run, m in runs.items() if "test/acc" in m]
+    assert len(runs) == 3 and len(tested) == 1 and list(study.glob("trial-*/metrics-resume-*.json")) == []
+    assert (tested[0] / "config.yaml").read_text() == (study / "best.yaml").read_text()
+    import optuna
+
+    number = optuna.load_study(study_name="study", storage=f"sqlite:///{study / 'study.db'}").best_trial.number
+    best = runs[tested[0]]
+    assert tested[0].name == f"trial-{number:04d}" and "untested" not in best
+    assert all("untested" in m for run, m in runs.items() if run != tested[0])
+    assert main([*args, "--storage", f"sqlite:///{study / 'study.db'}"]) == 0  # finished: report, no new test
+    assert json.loads((tested[0] / "metrics.json").read_text()) == best
 
 
 def test_a_killed_study_resumes_to_n_finished_trials(tmp_path: Path) -> None:
@@ -124,6 +143,7 @@ def test_trials_log_to_one_wandb_group_named_after_the_study(tmp_path: Path, mon
         groups.append(logger._wandb_init["group"])
         Path(args.output_dir).mkdir(parents=True)
         (Path(args.output_dir) / "config.yaml").write_text("seed_everything: 0\n")
+        (Path(args.output_dir) / "metrics.json").write_text("{}")  # tested already: the report tests nothing
         args.extra_callbacks[0].best = 0.5
         return 0
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import errno
 import inspect
+import json
 import os
 import shutil
 import signal
@@ -37,7 +39,9 @@ from zoo.registry import ModelEntry, get_datamodule_class, get_model_entry
 from zoo.runs import (atomic_write_text, build_logger, check_checkpoint, finish_logger, free_name, is_wandb,
                       global_rank, launched_run_dir, new_run_dir, remember_wandb_id, resolve_resume, write_metrics)
 
-__all__ = ["ZooCLI", "fit_and_test"]
+__all__ = ["ZooCLI", "fit_and_test", "test_run"]
+
+UNTESTED = "train.py tune tests the study's best trial only"
 
 RUN_DIR_ENV = "ZOO_RUN_DIR"
 WRITE_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EPERM)
@@ -196,13 +200,7 @@ def fit_and_test(model_name: str, data_name: str | None, args: argparse.Namespac
     """Fit, test the best checkpoint, write metrics.json; return the exit code."""
     entry = get_model_entry(model_name)
     data_name = data_name or entry.datamodule
-    argv, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI reads `cli_args` only (DDP workers re-run argv)
-    try:
-        cli = ZooCLI(entry, data_name, args, run=False, args=cli_args, save_config_callback=None,
-                     trainer_defaults=_trainer_defaults(entry, args), parser_kwargs={"exit_on_error": False},
-                     seed_everything_default=42)
-    finally:
-        sys.argv = argv
+    cli = _build_cli(entry, data_name, args, cli_args)
     trainer = cli.trainer
     if str(trainer.precision).startswith("bf16") and trainer.strategy.root_device.type == "cpu" \
             and trainer.is_global_zero and (notice := bf16_notice()):
@@ -243,6 +241,8 @@ def fit_and_test(model_name: str, data_name: str | None, args: argparse.Namespac
     pruned = any(getattr(c, "pruned", False) for c in trainer.callbacks)  # train.py tune gave this trial up
     if pruned:
         extra["pruned"] = True
+    elif getattr(args, "defer_test", False) and is_overridden("test_step", cli.model):
+        extra["untested"] = UNTESTED  # train.py tune tests the study's best trial only, with test_run
     elif is_overridden("test_step", cli.model):
         for result in _run_stage(cli, trainer.test, ckpt_path=best or None) or []:
             metrics.update(result)
@@ -257,6 +257,43 @@ def fit_and_test(model_name: str, data_name: str | None, args: argparse.Namespac
                   f"{best or 'the last one'}")
     finish_logger(trainer.logger)
     return 130 if trainer.interrupted else 0
+
+
+def test_run(run: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Test a finished run's best checkpoint (its last without one) and add the test metrics to its
+    ``metrics.json``; return that file's contents. ``train.py tune`` fits its trials untested and tests the
+    study's best trial only, once, when the study ends.
+
+    Example:
+        >>> test_run(Path("runs/tune/cnn/<study>/trial-0007"), args)["test/acc"]  # doctest: +SKIP
+    """
+    done = json.loads((run / "metrics.json").read_text())
+    ckpt = Path(done.get("best_checkpoint") or run / "checkpoints" / "last.ckpt")
+    test_args = copy.copy(args)
+    test_args.ckpt_path, test_args.output_dir, test_args.extra_callbacks = str(ckpt), None, []
+    entry = get_model_entry(done["model"])
+    cli = _build_cli(entry, done["data"], test_args, [f"--config={run / 'config.yaml'}"])
+    check_checkpoint(ckpt, cli.model, entry.name, done["data"])
+    start = time.perf_counter()
+    results = _run_stage(cli, cli.trainer.test, ckpt_path=ckpt) or []
+    finish_logger(cli.trainer.logger)
+    if cli.trainer.interrupted:
+        raise ZooUserError(f"the test of '{run}' was interrupted; its metrics.json is unchanged")
+    tested = {k: v for result in results for k, v in result.items()}
+    extra = {"test_time_s": round(time.perf_counter() - start, 3)}
+    if cli.trainer.is_global_zero:
+        write_metrics(run, tested, extra, add_to=done)
+    return {k: v for k, v in {**done, **tested, **extra}.items() if k != "untested"}
+
+
+def _build_cli(entry: ModelEntry, data_name: str, args: argparse.Namespace, cli_args: list[str]) -> ZooCLI:
+    argv, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI reads `cli_args` only (DDP workers re-run argv)
+    try:
+        return ZooCLI(entry, data_name, args, run=False, args=cli_args, save_config_callback=None,
+                      trainer_defaults=_trainer_defaults(entry, args), parser_kwargs={"exit_on_error": False},
+                      seed_everything_default=42)
+    finally:
+        sys.argv = argv
 
 
 def _find_before_fit(cli: ZooCLI, args: argparse.Namespace) -> dict[str, float]:

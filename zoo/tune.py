@@ -10,7 +10,8 @@ against the model's and DataModule's constructor arguments (and the Trainer's) b
 
 Each trial is a normal run folder (``trial-0007/`` with its ``config.yaml``, re-runnable with ``-c``) inside the
 study folder, which also holds the SQLite study (``study.db``), ``best.yaml`` (the best trial's config) and the
-plots. A study is shared through its storage: ``--jobs K`` starts K worker processes on it, and any number of
+plots. Trials are fitted and validated, not tested; when the study ends the best trial (chosen on validation) is
+tested once and its test metrics are added to its ``metrics.json``. A study is shared through its storage: ``--jobs K`` starts K worker processes on it, and any number of
 ``tune`` commands on any machines may point at the same ``--storage`` URL (a shared database) and ``--study``
 name. Running the same command again with ``--storage sqlite:///<study>/study.db`` resumes a killed study: trials
 whose heartbeat stopped are marked failed and the study continues until ``--trials`` trials have finished.
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import copy
 import inspect
+import json
 import shutil
 import subprocess
 import sys
@@ -218,7 +220,16 @@ def run_tune(args: argparse.Namespace, model: str, data: str, extras: list[str],
         worker.wait()
     if args.worker:
         return 0
-    return _report(study, folder, metric, time.perf_counter() - start)
+    return _report(study, folder, metric, start, args)
+
+
+def _trial_args(args: argparse.Namespace, folder: Path, number: int, study_name: str) -> argparse.Namespace:
+    """The fit options of trial ``number``: its run folder in the study folder, its test left to the end."""
+    trial_args = copy.copy(args)
+    trial_args.output_dir = str(folder / f"trial-{number:04d}")
+    trial_args.ckpt_path, trial_args.defer_test = None, True
+    trial_args.wandb_group = args.wandb_group or study_name  # W&B: the study's trials in one group
+    return trial_args
 
 
 def _objective(args: argparse.Namespace, model: str, data: str, extras: list[str], space: dict[str, Any],
@@ -228,10 +239,7 @@ def _objective(args: argparse.Namespace, model: str, data: str, extras: list[str
     from zoo.training import fit_and_test
 
     def objective(trial: Any) -> float:
-        trial_args = copy.copy(args)
-        trial_args.output_dir = str(folder / f"trial-{trial.number:04d}")
-        trial_args.ckpt_path = None
-        trial_args.wandb_group = args.wandb_group or trial.study.study_name  # W&B: the study's trials in one group
+        trial_args = _trial_args(args, folder, trial.number, trial.study.study_name)
         pruning = PruningCallback(trial, metric, direction)
         trial_args.extra_callbacks = [pruning]
         code = fit_and_test(model, data, trial_args, [*extras, *suggest(trial, space)])
@@ -247,7 +255,8 @@ def _objective(args: argparse.Namespace, model: str, data: str, extras: list[str
     return objective
 
 
-def _report(study: Any, folder: Path, metric: str, seconds: float) -> int:
+def _report(study: Any, folder: Path, metric: str, start: float, args: argparse.Namespace) -> int:
+    """best.yaml, the plots, and the test of the best trial (the only trial tested, chosen on validation)."""
     import optuna
 
     states = [t.state.name.lower() for t in study.trials]
@@ -256,11 +265,23 @@ def _report(study: Any, folder: Path, metric: str, seconds: float) -> int:
     if not complete:
         raise ZooUserError(f"no trial of study '{study.study_name}' completed ({counts}); see {folder}")
     best = study.best_trial
-    shutil.copy(Path(best.user_attrs["run_dir"]) / "config.yaml", folder / "best.yaml")
+    run = Path(best.user_attrs["run_dir"])
+    if not (run / "metrics.json").is_file():
+        raise ZooUserError(f"the best trial's run folder '{run}' is not on this machine; run this tune command "
+                           f"with --storage {args.storage or 'URL'} where that trial ran to test it")
+    shutil.copy(run / "config.yaml", folder / "best.yaml")
     _plots(study, folder)
+    done = json.loads((run / "metrics.json").read_text())
+    if "untested" in done:  # tested once, after the study; a resumed study that had tested it does not repeat it
+        from zoo.training import test_run
+
+        done = test_run(run, _trial_args(args, folder, best.number, study.study_name))
+    tested = ", ".join(f"{k} = {v:.4f}" for k, v in sorted(done.items()) if k.startswith("test/")
+                       and isinstance(v, (int, float)))
     params = {k: best.user_attrs.get(k, v) for k, v in best.params.items()}  # categoricals by value, not index
-    print(f"study '{study.study_name}': {counts} in {seconds:.0f} s; best {metric} = {best.value:.4f} (trial "
-          f"{best.number}: {params})\nbest config: {folder / 'best.yaml'} (re-run it with -c)")
+    print(f"study '{study.study_name}': {counts} in {time.perf_counter() - start:.0f} s; best {metric} = "
+          f"{best.value:.4f} (trial {best.number}: {params}){'; its test: ' + tested if tested else ''}\n"
+          f"best config: {folder / 'best.yaml'} (re-run it with -c)")
     return 0
 
 
