@@ -4,12 +4,13 @@ save, and what do two workers on one SQLite study give on this machine's 2 cores
 Tasks (``--tasks``), each a recipe and a search space in ``recipes/spaces/`` of the same name: ``cnn``,
 ``recipes/cnn_fashion_mnist_4k.yaml`` (4,000 images, 8 epochs per trial; ``--limit-train``, ``--cnn-epochs``),
 and ``mlp``, ``recipes/mlp_california_housing.yaml`` (``--mlp-epochs`` per trial). Every configuration runs
-through train.py, so the default and the best trial are scored on the same test split.
+through train.py, so the default and the best trial are scored on the same test split (a study tests its best
+trial only, once it ends; the row reads that test from the best trial's own metrics.json).
 Results are merged into ``benchmarks/results/bench_tune.json`` (one row per task and part).
 
-    python benchmarks/bench_tune.py --data-dir ../shared/data --trials 20 --tasks cnn mlp --parts default median none
-    python benchmarks/bench_tune.py --data-dir ../shared/data --trials 20 --tasks cnn --parts median jobs2
-    python benchmarks/bench_tune.py --data-dir ../shared/data --trials 20 --tasks mlp --parts median hyperband none
+    python benchmarks/bench_tune.py --data-dir ../shared/data --trials 20 --tasks mlp --threads 1 \
+        --parts default median hyperband none jobs2
+    python benchmarks/bench_tune.py --data-dir ../shared/data --trials 20 --tasks cnn --parts median none
 """
 from __future__ import annotations
 

@@ -11,10 +11,11 @@ against the model's and DataModule's constructor arguments (and the Trainer's) b
 Each trial is a normal run folder (``trial-0007/`` with its ``config.yaml``, re-runnable with ``-c``) inside the
 study folder, which also holds the SQLite study (``study.db``), ``best.yaml`` (the best trial's config) and the
 plots. Trials are fitted and validated, not tested; when the study ends the best trial (chosen on validation) is
-tested once and its test metrics are added to its ``metrics.json``. A study is shared through its storage: ``--jobs K`` starts K worker processes on it, and any number of
-``tune`` commands on any machines may point at the same ``--storage`` URL (a shared database) and ``--study``
-name. Running the same command again with ``--storage sqlite:///<study>/study.db`` resumes a killed study: trials
-whose heartbeat stopped are marked failed and the study continues until ``--trials`` trials have finished.
+tested once and its test metrics are added to its ``metrics.json``. A study is shared through its storage:
+``--jobs K`` starts K worker processes on it, and any number of ``tune`` commands on any machines may point at
+the same ``--storage`` URL (a shared database) and ``--study`` name. Running the same command again with
+``--storage sqlite:///<study>/study.db`` resumes a killed study: trials whose heartbeat stopped are marked failed
+and the study continues until ``--trials`` trials have finished.
 
 Example:
     python train.py tune --model cnn --space space.yaml --trials 20 --pruner median --jobs 2
