@@ -283,7 +283,7 @@ def test_run(run: Path, args: argparse.Namespace) -> dict[str, Any]:
     extra = {"test_time_s": round(time.perf_counter() - start, 3)}
     if cli.trainer.is_global_zero:
         write_metrics(run, tested, extra, add_to=done)
-    return {k: v for k, v in {**done, **tested, **extra}.items() if k != "untested"}
+    return json.loads((run / "metrics.json").read_text())
 
 
 def _build_cli(entry: ModelEntry, data_name: str, args: argparse.Namespace, cli_args: list[str]) -> ZooCLI:
