@@ -266,12 +266,12 @@ def to_number(value: Any) -> float | int | None:
 def write_metrics(run_dir: Path, metrics: dict[str, Any], extra: dict[str, Any],
                   add_to: dict[str, Any] | None = None) -> Path:
     """Write the flat ``metrics.json`` (logged numbers plus run facts) and return its path. ``add_to`` is the
-    run's own ``metrics.json``, completed in place by a later test (its ``untested`` mark dropped); otherwise a
-    resumed run writes ``metrics-resume-<k>.json`` beside the earlier one."""
+    run's own ``metrics.json``, completed in place by a later test; otherwise a resumed run writes
+    ``metrics-resume-<k>.json`` beside the earlier one."""
     flat = {k: v for k, v in ((k, to_number(v)) for k, v in metrics.items()) if v is not None}
     flat.update(extra)
     if add_to is not None:
-        flat = {k: v for k, v in {**add_to, **flat}.items() if k != "untested"}
+        flat = {**add_to, **flat}
     path = run_dir / "metrics.json" if add_to is not None else free_name(run_dir, "metrics.json")
     atomic_write_text(path, json.dumps(flat, indent=2, sort_keys=True, default=str) + "\n")
     return path

@@ -282,7 +282,7 @@ def test_run(run: Path, args: argparse.Namespace) -> dict[str, Any]:
     tested = {k: v for result in results for k, v in result.items()}
     extra = {"test_time_s": round(time.perf_counter() - start, 3)}
     if cli.trainer.is_global_zero:
-        write_metrics(run, tested, extra, add_to=done)
+        write_metrics(run, tested, extra, add_to={k: v for k, v in done.items() if k != "untested"})
     return json.loads((run / "metrics.json").read_text())
 
 
